@@ -1,0 +1,1 @@
+"""The `tsla` command line."""

@@ -1,0 +1,13 @@
+"""`tsla`: one entry point; each subcommand lives with the part of the system it drives."""
+
+import typer
+
+from tsla_core.cli import train_command
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="TSLA training service")
+app.command("train")(train_command)
+
+
+@app.callback()
+def main() -> None:
+    """Train TSLA models locally or through the job service."""

@@ -1,0 +1,160 @@
+"""`tsla train`: run the core on a preset or a spec file, with a per-epoch progress line.
+
+Writes OUT/spec.json (the resolved spec), OUT/metrics.jsonl (one row per metric and epoch) and
+OUT/checkpoints/. Running again into the same OUT resumes from its newest good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tsla_shared.spec import (
+    METHODS,
+    RunSpec,
+    SpecError,
+    build_spec,
+    deep_merge,
+    load_spec_file,
+    parse_override,
+)
+
+if TYPE_CHECKING:
+    from tsla_core.loop import MetricRow
+
+console = Console(highlight=False)
+DEFAULT_DATA_ROOT = Path(os.environ.get("TSLA_DATA_ROOT", "data"))
+
+
+def resolve_cli_spec(
+    preset: str | None,
+    spec_file: Path | None,
+    overrides: dict[str, Any],
+    assignments: list[str],
+) -> RunSpec:
+    """Preset or file, then the named flags, then each `--set key=value`, validated once."""
+    if (preset is None) == (spec_file is None):
+        raise SpecError("give exactly one of --preset NAME or a SPEC file")
+    raw: dict[str, Any] = {"preset": preset} if preset is not None else load_spec_file(spec_file)  # type: ignore[arg-type]
+    raw = deep_merge(raw, overrides)
+    for assignment in assignments:
+        raw = deep_merge(raw, parse_override(assignment))
+    return build_spec(raw)
+
+
+def progress_line(rows: list[MetricRow], epochs: int) -> str:
+    m = {f"{r.split}/{r.name}": r.value for r in rows}
+    r0 = rows[0]
+    parts = [
+        f"epoch {r0.epoch + 1:>3}/{epochs}",
+        f"{r0.stage:<6}",
+        f"train loss {m['train/loss']:.4f}",
+        f"test loss {m['test/loss']:.4f}",
+        f"top1 {m['test/top1']:6.2f}%",
+        f"top5 {m['test/top5']:6.2f}%",
+        f"lr {m['train/lr']:.4g}",
+    ]
+    if "train/grad_var" in m:
+        parts.append(f"grad var {m['train/grad_var']:.3g}")
+    parts.append(f"{m['train/images_per_s']:,.0f} img/s  {m['train/epoch_time']:.1f}s")
+    return "  ".join(parts)
+
+
+def keep_rows_before(metrics_path: Path, epoch: int) -> None:
+    """Drop rows of epochs >= `epoch` so a resumed run does not write them twice."""
+    if not metrics_path.exists():
+        return
+    kept = [
+        line for line in metrics_path.read_text().splitlines() if line and json.loads(line)["epoch"] < epoch
+    ]
+    metrics_path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def train_command(
+    spec_file: Annotated[
+        Optional[Path], typer.Argument(help="YAML/JSON run spec", show_default=False)
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="output folder (resumed if it has checkpoints)")] = Path(
+        "runs/latest"
+    ),
+    preset: Annotated[Optional[str], typer.Option(help="start from a named preset")] = None,
+    method: Annotated[Optional[str], typer.Option(help=f"one of {', '.join(METHODS)}")] = None,
+    theta: Annotated[Optional[float], typer.Option(help="smoothing weight of the prior")] = None,
+    switch_epoch: Annotated[Optional[int], typer.Option(help="TSLA: first one-hot epoch")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="checkpoint file for the -pre prior")] = None,
+    assignments: Annotated[
+        list[str], typer.Option("--set", help="override a spec field: key.path=value")
+    ] = [],  # noqa: B006
+    data_root: Annotated[
+        Path, typer.Option(help="folder holding the data sets (env TSLA_DATA_ROOT)")
+    ] = DEFAULT_DATA_ROOT,
+) -> None:
+    """Train a TSLA run on this machine, without the service."""
+    smoothing: dict[str, Any] = {}
+    if method is not None:
+        smoothing["method"] = method
+    if theta is not None:
+        smoothing["theta"] = theta
+    if switch_epoch is not None:
+        smoothing["switch_epoch"] = switch_epoch
+    if teacher is not None:
+        smoothing["teacher"] = {"path": str(teacher)}
+    overrides: dict[str, Any] = {"smoothing": smoothing} if smoothing else {}
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    if seed is not None:
+        overrides["seed"] = seed
+    try:
+        spec = resolve_cli_spec(preset, spec_file, overrides, assignments)
+    except SpecError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    run(spec, out, data_root)
+
+
+def run(spec: RunSpec, out: Path, data_root: Path) -> None:
+    from tsla_core.checkpoint import CheckpointError
+    from tsla_core.datasets import DatasetError
+    from tsla_core.loop import Hooks, SpecMismatchError, Trainer
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+
+    def on_metrics(rows: list[MetricRow]) -> None:
+        with metrics_path.open("a") as handle:
+            handle.writelines(json.dumps(row.as_dict()) + "\n" for row in rows)
+        console.print(progress_line(rows, spec.epochs))
+
+    hooks = Hooks(on_metrics=on_metrics, on_log=lambda message: console.print(f"[dim]{message}[/dim]"))
+    try:
+        trainer = Trainer(spec, out, data_root, hooks)
+        trainer.resume_if_possible()
+    except (DatasetError, CheckpointError, SpecMismatchError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
+    keep_rows_before(metrics_path, trainer.epoch)
+    console.print(
+        f"training {spec.model.arch} (width {spec.model.width}) on {spec.data.name} with "
+        f"{spec.smoothing.method} on {trainer.device}"
+        f"{' bf16' if trainer.autocast_dtype is not None else ' fp32'} into {out}"
+    )
+    result = trainer.fit(resume=False)
+    table = Table(title=f"{spec.smoothing.method} on {spec.data.name}: {result.status}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.final_metrics.items():
+        table.add_row(key, f"{value:.4g}")
+    if result.best is not None:
+        table.add_row(
+            "best checkpoint", f"{result.best.name} ({result.best.metrics.get('test/top1', 0):.2f}% top-1)"
+        )
+    console.print(table)

@@ -1,0 +1,235 @@
+"""The run spec: one typed, validated description of a training run.
+
+The API validates job specs with it, the worker hands it to the core, and the core trains from
+it. Unknown keys are rejected everywhere (`extra="forbid"`), so a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tsla_shared.presets import PRESETS
+
+Method = Literal["baseline", "lsr", "tsla", "lsr-pre", "tsla-pre"]
+METHODS: tuple[str, ...] = ("baseline", "lsr", "tsla", "lsr-pre", "tsla-pre")
+DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
+Stage = Literal["smooth", "onehot"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticSpec(StrictModel):
+    """Shape of the generated data set used by benchmarks."""
+
+    num_train: int = Field(4096, ge=1, le=1_000_000)
+    num_test: int = Field(1024, ge=1, le=1_000_000)
+    num_classes: int = Field(10, ge=2, le=10_000)
+    channels: int = Field(3, ge=1, le=4)
+    image_size: int = Field(32, ge=4, le=512)
+
+
+class DataSpec(StrictModel):
+    name: DatasetName = "digits"
+    augment: bool = True
+    # Loader processes for folder data sets (ImageNet); tensor data sets live on the device.
+    num_workers: int = Field(0, ge=0, le=32)
+    synthetic: SyntheticSpec = SyntheticSpec()
+
+
+class ModelSpec(StrictModel):
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    # "cifar": 3x3 stride-1 stem without max-pool (small images); "imagenet": 7x7/2 + max-pool.
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    # Channels of the first stage (64 in the paper); smaller widths make CPU-sized models.
+    width: int = Field(64, ge=4, le=512)
+
+
+class OptimSpec(StrictModel):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+
+
+class ScheduleSpec(StrictModel):
+    """Per-epoch learning-rate schedule; `milestones` are epochs where lr is multiplied by gamma."""
+
+    kind: Literal["step", "cosine", "constant"] = "step"
+    milestones: tuple[int, ...] = (100, 150)
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _milestones_increase(self) -> ScheduleSpec:
+        if any(m < 1 for m in self.milestones):
+            raise ValueError("schedule.milestones must be epochs >= 1")
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError("schedule.milestones must be strictly increasing")
+        return self
+
+
+class TeacherSpec(StrictModel):
+    """Where the "-pre" prior comes from: a finished job of the service, or (core CLI) a file."""
+
+    job: str | None = Field(None, min_length=1, max_length=64)
+    checkpoint: Literal["best", "latest"] = "best"
+    path: str | None = Field(None, min_length=1, max_length=4096)
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> TeacherSpec:
+        if (self.job is None) == (self.path is None):
+            raise ValueError("smoothing.teacher needs exactly one of `job` or `path`")
+        return self
+
+
+class SmoothingSpec(StrictModel):
+    method: Method = "baseline"
+    # Weight of the prior in (1 - theta) * onehot + theta * prior; ignored by `baseline`.
+    theta: float = Field(0.1, ge=0, le=1)
+    # TSLA: smoothing for epochs 0 .. switch_epoch-1, one-hot from switch_epoch on. Only the
+    # two-stage methods read it, so a preset's switch epoch survives `method: lsr` overrides.
+    switch_epoch: int | None = Field(None, ge=1)
+    # Softmax temperature of the teacher prior ("-pre" methods).
+    temperature: float = Field(1.0, gt=0, le=100)
+    teacher: TeacherSpec | None = None
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> SmoothingSpec:
+        two_stage = self.method in ("tsla", "tsla-pre")
+        if two_stage and self.switch_epoch is None:
+            raise ValueError(f"method {self.method!r} needs smoothing.switch_epoch")
+        if self.method != "baseline" and self.theta == 0:
+            raise ValueError(f"method {self.method!r} needs theta > 0 (theta 0 is the baseline)")
+        uses_teacher = self.method.endswith("-pre")
+        if uses_teacher and self.teacher is None:
+            raise ValueError(f"method {self.method!r} needs smoothing.teacher")
+        if not uses_teacher and self.teacher is not None:
+            raise ValueError(f"smoothing.teacher only applies to lsr-pre/tsla-pre, not {self.method!r}")
+        return self
+
+    def stage(self, epoch: int) -> Stage:
+        """The target kind used in `epoch` (0-based): where TSLA drops the smoothing."""
+        if self.method == "baseline":
+            return "onehot"
+        two_stage = self.method in ("tsla", "tsla-pre")
+        if two_stage and self.switch_epoch is not None and epoch >= self.switch_epoch:
+            return "onehot"
+        return "smooth"
+
+
+class CheckpointSpec(StrictModel):
+    every: int = Field(1, ge=1, le=1000)  # epochs between checkpoints (the last epoch always)
+    keep_last: int = Field(3, ge=1, le=1000)  # the best checkpoint is kept besides these
+
+
+class GradVarianceSpec(StrictModel):
+    """The gradient-variance probe (see tsla_core.loop); probing costs ~1 extra backward pass."""
+
+    enabled: bool = True
+    every_steps: int = Field(20, ge=1, le=100_000)
+
+
+class RunSpec(StrictModel):
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    optim: OptimSpec = OptimSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    smoothing: SmoothingSpec = SmoothingSpec()
+    epochs: int = Field(200, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    grad_variance: GradVarianceSpec = GradVarianceSpec()
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")
+    # "auto": bf16 autocast where the hardware supports it, else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+
+    @model_validator(mode="after")
+    def _epochs_cover_switch(self) -> RunSpec:
+        switch = self.smoothing.switch_epoch
+        two_stage = self.smoothing.method in ("tsla", "tsla-pre")
+        if two_stage and switch is not None and switch >= self.epochs:
+            raise ValueError(
+                f"smoothing.switch_epoch ({switch}) must be smaller than epochs ({self.epochs}); "
+                "with no one-hot epochs left use method 'lsr'"
+            )
+        return self
+
+    def stage(self, epoch: int) -> Stage:
+        return self.smoothing.stage(epoch)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message says which field and why."""
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, merging nested mappings key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem: `field.path: message`."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "spec"
+        lines.append(f"{where}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def build_spec(raw: Mapping[str, Any]) -> RunSpec:
+    """Validate a raw spec; `preset` names a starting point that the other keys override."""
+    raw = dict(raw)
+    preset = raw.pop("preset", None)
+    if preset is not None:
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise SpecError(f"preset: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        raw = deep_merge(PRESETS[preset], raw)
+    try:
+        return RunSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(describe_validation_error(error)) from None
+
+
+def parse_override(assignment: str) -> dict[str, Any]:
+    """`optim.lr=0.05` -> {"optim": {"lr": 0.05}}; the value is parsed as YAML."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", key):
+        raise SpecError(f"--set expects key.path=value, got {assignment!r}")
+    value: Any = yaml.safe_load(text) if text else None
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON spec file into a raw mapping (validated later by `build_spec`)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"cannot read spec file {path}: {error.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SpecError(f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {error}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path} must hold a mapping of spec fields at the top level")
+    return data
