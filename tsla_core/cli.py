@@ -28,7 +28,7 @@ from tsla_shared.spec import (
 if TYPE_CHECKING:
     from tsla_core.loop import MetricRow
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 DEFAULT_DATA_ROOT = Path(os.environ.get("TSLA_DATA_ROOT", "data"))
 
 
@@ -125,7 +125,6 @@ def run(spec: RunSpec, out: Path, data_root: Path) -> None:
     from tsla_core.datasets import DatasetError
     from tsla_core.loop import Hooks, SpecMismatchError, Trainer
 
-    out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
 
     def on_metrics(rows: list[MetricRow]) -> None:
@@ -137,9 +136,13 @@ def run(spec: RunSpec, out: Path, data_root: Path) -> None:
     try:
         trainer = Trainer(spec, out, data_root, hooks)
         trainer.resume_if_possible()
+        out.mkdir(parents=True, exist_ok=True)
     except (DatasetError, CheckpointError, SpecMismatchError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+    if trainer.epoch >= spec.epochs:
+        console.print(f"{out} is already complete ({spec.epochs} epochs); nothing to train")
+        return
     (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
     keep_rows_before(metrics_path, trainer.epoch)
     console.print(

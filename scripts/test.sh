@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (first run only) and run every check: ruff, mypy and the whole pytest suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/system-packages.sh dataset-fashion-mnist
+scripts/setup.sh
+echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"; .venv/bin/python -m pytest "$@"
