@@ -2,7 +2,7 @@
 # Set up (first run only) and run every check: ruff, mypy and the whole pytest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/system-packages.sh dataset-fashion-mnist
+scripts/system-packages.sh dataset-fashion-mnist docker-compose
 scripts/setup.sh
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy

@@ -1,0 +1,142 @@
+"""A job's checkpoints: the list, and downloads with Content-Length, ETag = sha256 and Range."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import IO, Any
+
+from fastapi import APIRouter, Header, HTTPException, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.deps import SessionDep, SettingsDep
+from api.routes.jobs import get_job_or_404
+from api.schemas import CheckpointPublic, CheckpointsPublic
+from tsla_shared import jobs
+from tsla_shared.models import Checkpoint
+from tsla_shared.storage import Storage
+
+router = APIRouter(prefix="/jobs", tags=["checkpoints"])
+CHUNK = 1 << 20
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic)
+def list_checkpoints(job_id: str, session: SessionDep) -> CheckpointsPublic:
+    get_job_or_404(session, job_id)
+    rows = session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False))
+        .order_by(Checkpoint.epoch, Checkpoint.id)
+    ).all()
+    best = jobs.best_checkpoint(session, job_id)
+    latest = jobs.latest_checkpoint(session, job_id)
+    return CheckpointsPublic(
+        items=[CheckpointPublic.model_validate(r) for r in rows],
+        best_id=best.id if best else None,
+        latest_id=latest.id if latest else None,
+    )
+
+
+def find_checkpoint(session: Session, job_id: str, ref: str) -> Checkpoint:
+    if ref == "best":
+        found = jobs.best_checkpoint(session, job_id)
+    elif ref == "latest":
+        found = jobs.latest_checkpoint(session, job_id)
+    elif ref.isdigit() and len(ref) < 19:
+        found = session.scalars(
+            select(Checkpoint).where(
+                Checkpoint.id == int(ref), Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False)
+            )
+        ).first()
+    else:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "ref: a checkpoint id, 'latest' or 'best'")
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no checkpoint {ref!r}")
+    return found
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single `bytes=` range, None for the whole file; 416 if unsatisfiable."""
+    if header is None:
+        return None
+    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    if match is None or match.group(1) == match.group(2) == "":
+        return None  # not a single byte range (e.g. several ranges): RFC 9110 lets us send it all
+    first_text, last_text = match.groups()
+    if first_text == "":
+        first, last = max(0, size - int(last_text)), size - 1
+    else:
+        first = int(first_text)
+        last = min(int(last_text), size - 1) if last_text else size - 1
+    if first >= size or first > last:
+        raise HTTPException(
+            status.HTTP_416_RANGE_NOT_SATISFIABLE,
+            f"range {header!r} is outside the {size}-byte file",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return first, last
+
+
+def read_span(handle: IO[Any], first: int, length: int) -> Iterator[bytes]:
+    with handle:
+        handle.seek(first)
+        remaining = length
+        while remaining > 0:
+            chunk = handle.read(min(CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            yield chunk
+
+
+@router.get(
+    "/{job_id}/checkpoints/{ref}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the checkpoint file"},
+        206: {"content": {"application/octet-stream": {}}, "description": "the requested byte range"},
+        304: {"description": "If-None-Match matched the ETag"},
+        404: {"description": "no such job or checkpoint"},
+        416: {"description": "the range is outside the file"},
+    },
+)
+def download_checkpoint(
+    job_id: str,
+    ref: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    range_header: str | None = Header(None, alias="Range"),
+    if_range: str | None = Header(None, alias="If-Range"),
+    if_none_match: str | None = Header(None, alias="If-None-Match"),
+) -> Response:
+    """Download a checkpoint: `ref` is its id, `latest` or `best`. Resumable with Range."""
+    job = get_job_or_404(session, job_id)
+    checkpoint = find_checkpoint(session, job_id, ref)
+    storage = Storage(settings.resolved_storage_url)
+    if not storage.exists(checkpoint.storage_key):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"checkpoint {checkpoint.name} is missing from storage"
+        )
+    etag = f'"{checkpoint.sha256}"'
+    size = checkpoint.size
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{job.id}-{checkpoint.name}.pt"',
+        "X-Checkpoint-Sha256": checkpoint.sha256,
+    }
+    if if_none_match is not None and etag in (t.strip() for t in if_none_match.split(",")):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    span = byte_range(range_header, size) if if_range in (None, etag) else None
+    first, last = span if span is not None else (0, size - 1)
+    headers["Content-Length"] = str(last - first + 1)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    return StreamingResponse(
+        read_span(storage.open(checkpoint.storage_key), first, last - first + 1),
+        status_code=status.HTTP_206_PARTIAL_CONTENT if span is not None else status.HTTP_200_OK,
+        media_type="application/octet-stream",
+        headers=headers,
+    )

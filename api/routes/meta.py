@@ -1,0 +1,46 @@
+"""What the server offers: presets, data sets, health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from api.deps import SessionDep, SettingsDep
+from api.schemas import DatasetPublic
+from tsla_shared.datasets import DATASETS
+from tsla_shared.presets import PRESETS
+
+router = APIRouter(tags=["meta"])
+
+
+@router.get("/presets")
+def list_presets() -> dict[str, dict[str, Any]]:
+    """Named starting points for a job spec, with their fields."""
+    return PRESETS
+
+
+@router.get("/datasets", response_model=list[DatasetPublic])
+def list_datasets(settings: SettingsDep) -> list[DatasetPublic]:
+    """The data sets a job can name, and whether each is installed on this server."""
+    found = []
+    for info in DATASETS.values():
+        problem = info.problem(settings.data_root)
+        found.append(
+            DatasetPublic(
+                name=info.name,
+                description=info.description,
+                num_classes=info.num_classes,
+                available=problem is None,
+                problem=problem,
+            )
+        )
+    return found
+
+
+@router.get("/healthz")
+def health(session: SessionDep) -> dict[str, str]:
+    """Liveness and database reachability."""
+    session.execute(text("SELECT 1"))
+    return {"status": "ok"}

@@ -1,0 +1,66 @@
+"""Metrics and logs of a job, paged by a cursor on their monotonic `seq`.
+
+A page is one index range scan on (job_id, seq) or (job_id, name, seq): its cost does not grow
+with the job's history.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from api.deps import SessionDep, SettingsDep
+from api.routes.jobs import get_job_or_404
+from api.schemas import LogPublic, LogsPage, MetricPublic, MetricsPage
+from tsla_shared.models import LogLine, Metric
+
+router = APIRouter(prefix="/jobs", tags=["metrics"])
+
+After = Annotated[int | None, Query(ge=0, description="return rows with seq greater than this")]
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPage)
+def list_metrics(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1)] = 1000,
+    name: Annotated[str | None, Query(max_length=64, description="only this metric, e.g. top1")] = None,
+) -> MetricsPage:
+    get_job_or_404(session, job_id)
+    limit = min(limit, settings.metrics_page_max)
+    query = select(Metric).where(Metric.job_id == job_id).order_by(Metric.seq).limit(limit + 1)
+    if after is not None:
+        query = query.where(Metric.seq > after)
+    if name is not None:
+        query = query.where(Metric.name == name)
+    rows = list(session.scalars(query))
+    page = rows[:limit]
+    next_after = page[-1].seq if page else after
+    return MetricsPage(
+        items=[MetricPublic.model_validate(r) for r in page],
+        next_after=next_after,
+        has_more=len(rows) > limit,
+    )
+
+
+@router.get("/{job_id}/logs", response_model=LogsPage)
+def list_logs(
+    job_id: str,
+    session: SessionDep,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> LogsPage:
+    get_job_or_404(session, job_id)
+    query = select(LogLine).where(LogLine.job_id == job_id).order_by(LogLine.seq).limit(limit + 1)
+    if after is not None:
+        query = query.where(LogLine.seq > after)
+    rows = list(session.scalars(query))
+    page = rows[:limit]
+    next_after = page[-1].seq if page else after
+    return LogsPage(
+        items=[LogPublic.model_validate(r) for r in page], next_after=next_after, has_more=len(rows) > limit
+    )

@@ -1,0 +1,59 @@
+"""The server-side registry of named data sets: a job names one, never a filesystem path.
+
+The API lists these and refuses a job whose data set is not installed on this server, before
+any worker tries; the core reads the same locations (tsla_core/data.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    num_classes: int | None  # None: read from the data (ImageFolder, synthetic)
+    folder: str | None  # under the data root; None when the data ships with a package
+
+    def location(self, data_root: Path) -> Path | None:
+        """Where the data is read from on this server, or None for package data."""
+        if self.name == "fashion-mnist":
+            local = data_root / "fashion-mnist"
+            return local if local.is_dir() else FASHION_MNIST_DEBIAN_DIR
+        return data_root / self.folder if self.folder is not None else None
+
+    def problem(self, data_root: Path) -> str | None:
+        """Why this data set cannot be used here, or None when it can."""
+        if self.name == "digits":
+            installed = importlib.util.find_spec("sklearn") is not None
+            return None if installed else "scikit-learn is not installed"
+        location = self.location(data_root)
+        if location is not None and not location.is_dir():
+            return f"not installed on this server: {location} is missing (data is never downloaded)"
+        return None
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("digits", "scikit-learn's 1,797 8x8 handwritten digits (ships offline)", 10, None),
+        DatasetInfo(
+            "fashion-mnist", "Fashion-MNIST 28x28 grayscale, 60k/10k (IDX files)", 10, "fashion-mnist"
+        ),
+        DatasetInfo(
+            "cifar10", "CIFAR-10 32x32 colour, 50k/10k (cifar-10-batches-py)", 10, "cifar-10-batches-py"
+        ),
+        DatasetInfo(
+            "cifar100", "CIFAR-100 32x32 colour, 50k/10k (cifar-100-python)", 100, "cifar-100-python"
+        ),
+        DatasetInfo(
+            "imagenet", "an ImageFolder tree: imagenet/{train,val}/<class>/<image>", None, "imagenet"
+        ),
+        DatasetInfo("synthetic", "generated class templates plus noise, for benchmarks", None, None),
+    )
+}

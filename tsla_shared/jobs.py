@@ -1,0 +1,187 @@
+"""Job state changes, shared by the API and the worker.
+
+Every transition is one conditional UPDATE, so two processes racing on a job (a duplicate
+delivery, a cancel during a claim) cannot both win: the loser sees rowcount 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from tsla_shared.models import Checkpoint, Job, LogLine, Metric
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> bool:
+    """queued -> running for this worker; False when another worker or a cancel got there first."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "queued", Job.cancel_requested.is_(False))
+        .values(
+            state="running",
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempt=Job.attempt + 1,
+            started_at=now,
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class LeaseStatus:
+    held: bool  # False: the lease expired and the job went to someone else (or was reaped)
+    cancel_requested: bool
+
+
+def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> LeaseStatus:
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.lease_owner == worker_id)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    return LeaseStatus(held=bool(result.rowcount), cancel_requested=bool(cancel))  # type: ignore[attr-defined]
+
+
+def finish_job(session: Session, job_id: str, worker_id: str, state: str, error: str | None = None) -> bool:
+    """running -> succeeded/failed/canceled, only while this worker still holds the job."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.lease_owner == worker_id)
+        .values(state=state, error=error, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def request_cancel(session: Session, job_id: str) -> str:
+    """Cancel a job: a queued job ends at once, a running one is asked to stop between steps.
+
+    Returns the job's state afterwards; raises ValueError for a finished job.
+    """
+    now = utcnow()
+    queued = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "queued")
+        .values(state="canceled", cancel_requested=True, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not queued.rowcount:  # type: ignore[attr-defined]
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "running")
+            .values(cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    state = session.scalar(select(Job.state).where(Job.id == job_id))
+    if state is None:
+        raise LookupError(job_id)
+    return state
+
+
+def record_metrics(session: Session, job_id: str, attempt: int, rows: Iterable[dict[str, Any]]) -> None:
+    """Store one epoch's rows in one transaction; a re-run epoch replaces its earlier rows.
+
+    Replacing (delete + insert) gives the new values new, higher seqs, so a client paging with a
+    cursor sees the re-run values instead of silently keeping the old ones.
+    """
+    rows = list(rows)
+    if not rows:
+        return
+    keys = [(r["epoch"], r["split"], r["name"]) for r in rows]
+    session.execute(
+        delete(Metric).where(
+            Metric.job_id == job_id, tuple_(Metric.epoch, Metric.split, Metric.name).in_(keys)
+        )
+    )
+    session.add_all(
+        Metric(
+            job_id=job_id,
+            epoch=r["epoch"],
+            step=r["step"],
+            split=r["split"],
+            name=r["name"],
+            value=r["value"],
+            stage=r["stage"],
+            attempt=attempt,
+        )
+        for r in rows
+    )
+    epoch = max(r["epoch"] for r in rows)
+    top1 = [r["value"] for r in rows if r["split"] == "test" and r["name"] == "top1"]
+    job = session.get(Job, job_id)
+    if job is not None:
+        job.epochs_done = max(job.epochs_done, epoch + 1)
+        if top1:
+            job.best_top1 = max(top1[0], job.best_top1 or float("-inf"))
+    session.commit()
+
+
+def record_checkpoint(
+    session: Session, job_id: str, info: dict[str, Any], storage_key: str, kept_names: set[str]
+) -> None:
+    """Add a checkpoint row and mark rows whose files the retention policy removed."""
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == info["name"]))
+    session.add(
+        Checkpoint(
+            job_id=job_id,
+            name=info["name"],
+            epoch=info["epoch"],
+            partial=info["partial"],
+            size=info["size"],
+            sha256=info["sha256"],
+            storage_key=storage_key,
+            metrics=info["metrics"],
+        )
+    )
+    session.execute(
+        update(Checkpoint)
+        .where(and_(Checkpoint.job_id == job_id, Checkpoint.name.not_in(kept_names | {info["name"]})))
+        .values(deleted=True)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def append_log(session: Session, job_id: str, attempt: int, level: str, message: str) -> None:
+    session.add(LogLine(job_id=job_id, attempt=attempt, level=level, message=message[:20_000]))
+    session.commit()
+
+
+def best_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
+    """The complete checkpoint with the highest test top-1 (the newest on ties)."""
+    candidates = session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False), Checkpoint.partial.is_(False))
+        .order_by(Checkpoint.epoch.desc())
+    ).all()
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: c.metrics.get("test/top1", float("-inf")))
+
+
+def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
+    return session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False))
+        .order_by(Checkpoint.epoch.desc(), Checkpoint.partial.asc(), Checkpoint.id.desc())
+        .limit(1)
+    ).first()

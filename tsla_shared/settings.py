@@ -1,0 +1,87 @@
+"""Service settings, read from `TSLA_*` environment variables.
+
+With nothing set, everything lives under `TSLA_HOME` (default `./.tsla`): a SQLite database, a
+filesystem Celery broker and the checkpoints, so the embedded default needs no server.
+Production sets `TSLA_DATABASE_URL` (PostgreSQL), `TSLA_BROKER_URL` (Redis) and
+`TSLA_STORAGE_URL` (a shared volume or an fsspec URL such as `s3://bucket/tsla`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Celery task name the API enqueues and the worker registers (by name: the API imports no worker).
+TRAIN_TASK = "tsla.train_job"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TSLA_", extra="ignore")
+
+    home: Path = Field(Path(".tsla"), description="state folder of the embedded default")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///HOME/tsla.db")
+    broker_url: str | None = Field(
+        None, description="Celery broker; default a filesystem broker in HOME/broker"
+    )
+    storage_url: str | None = Field(
+        None, description="checkpoint storage (path or fsspec URL); default HOME/checkpoints"
+    )
+    work_dir: Path | None = Field(
+        None, description="worker scratch space for remote storage; default HOME/work"
+    )
+    data_root: Path = Field(Path("data"), description="folder holding the named data sets")
+    queue: str = Field("training", description="Celery queue of training tasks")
+    # The lease a worker holds on a running job; it renews it every lease_seconds / 3.
+    lease_seconds: float = Field(60.0, gt=0)
+    # Seconds between a worker's polls of the broker's filesystem folder (embedded default).
+    broker_poll_seconds: float = Field(0.1, gt=0)
+    # Redis broker: a message unacknowledged this long is delivered again (see worker/celery_app.py).
+    visibility_timeout_seconds: int = Field(6 * 3600, gt=0)
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    metrics_page_max: int = Field(5000, gt=0)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'tsla.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.home / "broker").resolve()
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str((self.home / "checkpoints").resolve())
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return (self.work_dir or self.home / "work").resolve()
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        """Celery transport options for the broker URL (the API and the worker must agree)."""
+        if self.resolved_broker_url.startswith("filesystem://"):
+            folder = self.broker_folder
+            for sub in ("in", "processed", "control"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            return {
+                "data_folder_in": str(folder / "in"),
+                "data_folder_out": str(folder / "in"),
+                "processed_folder": str(folder / "processed"),
+                "control_folder": str(folder / "control"),
+                "store_processed": False,
+                "polling_interval": self.broker_poll_seconds,
+            }
+        return {"visibility_timeout": self.visibility_timeout_seconds}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings; tests clear the cache after changing the environment."""
+    return Settings()

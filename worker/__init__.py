@@ -1,0 +1,1 @@
+"""Celery worker: thin glue between a job row and the training core."""
