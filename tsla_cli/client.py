@@ -1,0 +1,188 @@
+"""A typed Python client of the TSLA service (httpx). The CLI is built on it.
+
+client = TslaClient("http://127.0.0.1:8000")
+job = client.submit({"preset": "digits"})
+for row in client.iter_metrics(job["id"], follow=True):
+    print(row["epoch"], row["name"], row["value"])
+client.download(job["id"], "best", Path("model.pt"))  # resumes with Range, checks sha256
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FINISHED = ("succeeded", "failed", "canceled")
+
+
+class ApiError(Exception):
+    """The server answered with an error; `status` is the HTTP status, the message its detail."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ChecksumError(Exception):
+    """A downloaded file does not match the sha256 the server reported."""
+
+
+class TslaClient:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> TslaClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, f"{response.status_code}: {detail}")
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        job: dict[str, Any] = self._json("POST", "/jobs", json=spec, headers=headers)
+        return job
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self._json("GET", f"/jobs/{job_id}")
+        return job
+
+    def list(self, state: str | None = None, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        if cursor:
+            params["cursor"] = cursor
+        page: dict[str, Any] = self._json("GET", "/jobs", params=params)
+        return page
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self._json("POST", f"/jobs/{job_id}/cancel")
+        return job
+
+    def wait(self, job_id: str, poll: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
+        """Poll until the job is finished; returns the final job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job["state"] in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout}s")
+            time.sleep(poll)
+
+    # --- metrics and logs ---------------------------------------------------------------------
+
+    def metrics_page(
+        self, job_id: str, after: int | None = None, limit: int = 1000, name: str | None = None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        if name:
+            params["name"] = name
+        page: dict[str, Any] = self._json("GET", f"/jobs/{job_id}/metrics", params=params)
+        return page
+
+    def iter_metrics(
+        self, job_id: str, follow: bool = False, poll: float = 0.5, name: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every metric row once, following the cursor; with `follow`, until the job finishes."""
+        after: int | None = None
+        while True:
+            page = self.metrics_page(job_id, after=after, name=name)
+            yield from page["items"]
+            after = page["next_after"]
+            if page["has_more"]:
+                continue
+            if not follow:
+                return
+            if self.get(job_id)["state"] in FINISHED:
+                # Rows written just before the end: one more page after the state says finished.
+                final = self.metrics_page(job_id, after=after, name=name)
+                yield from final["items"]
+                if not final["has_more"]:
+                    return
+                after = final["next_after"]
+                continue
+            time.sleep(poll)
+
+    def logs(self, job_id: str, after: int | None = None) -> dict[str, Any]:
+        params = {"after": after} if after is not None else {}
+        page: dict[str, Any] = self._json("GET", f"/jobs/{job_id}/logs", params=params)
+        return page
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def checkpoints(self, job_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._json("GET", f"/jobs/{job_id}/checkpoints")
+        return found
+
+    def download(self, job_id: str, ref: str, path: Path) -> str:
+        """Download checkpoint `ref` (id, latest, best) to `path`, resuming a partial file with
+        Range; verifies the sha256 the server reports and returns it."""
+        partial = path.with_name(path.name + ".part")
+        have = partial.stat().st_size if partial.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with self.http.stream("GET", f"/jobs/{job_id}/checkpoints/{ref}", headers=headers) as response:
+            if response.status_code == 416:  # a stale partial file longer than the checkpoint
+                partial.unlink()
+                return self.download(job_id, ref, path)
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, f"{response.status_code}: {response.text}")
+            expected = response.headers["X-Checkpoint-Sha256"]
+            resumed = response.status_code == 206
+            with partial.open("ab" if resumed else "wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+        actual = sha256_file(partial)
+        if actual != expected:
+            partial.unlink()
+            raise ChecksumError(f"downloaded {ref} of job {job_id}: sha256 {actual} != {expected}")
+        partial.replace(path)
+        return actual
+
+    def health(self) -> bool:
+        try:
+            return self.http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_until_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.health():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.http.base_url} not healthy after {timeout}s")
+            time.sleep(0.2)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
