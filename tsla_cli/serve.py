@@ -31,7 +31,7 @@ def migrate(database_url: str) -> None:
 def start_worker(home: Path, queue: str) -> subprocess.Popen[bytes]:
     """A real worker process; solo pool: one training job at a time, in the worker itself.
 
-    Its output (Celery's banner, warnings, tracebacks) goes to HOME/logs/worker.out; its log to HOME/logs/worker.log.
+    Its output (banner, warnings, tracebacks) goes to HOME/logs/worker.out, its log to worker.log.
     """
     (home / "logs").mkdir(parents=True, exist_ok=True)
     output = (home / "logs" / "worker.out").open("ab")
@@ -41,7 +41,8 @@ def start_worker(home: Path, queue: str) -> subprocess.Popen[bytes]:
         "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--loglevel", "INFO", "--logfile", str(home / "logs" / "worker.log"),
     ]  # fmt: skip
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=os.environ.copy(), stdout=output, stderr=output)
+    env = os.environ.copy()
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=output)
 
 
 def serve_command(
