@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, HTTPException, Path, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from tsla_shared.db import session_factory
+from tsla_shared.models import ApiToken, Job
 from tsla_shared.settings import Settings, get_settings
+from tsla_shared.tokens import authenticate
 
 
 def settings_dep() -> Settings:
@@ -28,3 +31,35 @@ def get_db(settings: SettingsDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
+
+
+bearer = HTTPBearer(auto_error=False, description="an API token from `tsla token create NAME`")
+
+
+def current_token(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> ApiToken:
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    token = authenticate(session, credentials.credentials)
+    if token is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return token
+
+
+CurrentToken = Annotated[ApiToken, Depends(current_token)]
+
+
+def owned_job(job_id: Annotated[str, Path(max_length=64)], session: SessionDep, token: CurrentToken) -> Job:
+    """The job, if it exists and belongs to the caller's token; another owner's job is a 404."""
+    job = session.get(Job, job_id)
+    if job is None or job.owner != token.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return job
+
+
+OwnedJob = Annotated[Job, Depends(owned_job)]

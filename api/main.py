@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import errors
+from api.limits import BodySizeLimit
 from api.queue import JobQueue
 from api.routes import checkpoints, jobs, meta, metrics
 from tsla_shared.settings import get_settings
@@ -16,7 +17,9 @@ def create_app() -> FastAPI:
         summary="Two-stage label smoothing training jobs over HTTP",
         version="0.1.0",
     )
-    app.state.queue = JobQueue(get_settings())
+    settings = get_settings()
+    app.state.queue = JobQueue(settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     for module in (jobs, metrics, checkpoints, meta):
         app.include_router(module.router)

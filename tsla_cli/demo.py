@@ -8,6 +8,7 @@ best checkpoint (sha256 verified), re-evaluates it with the core and prints the 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,9 +31,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_stack(home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_stack(home: Path, port: int, token: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "tsla_cli", "serve", "--home", str(home), "--port", str(port)]
-    return subprocess.Popen(command, start_new_session=True)
+    return subprocess.Popen(command, start_new_session=True, env={**os.environ, "TSLA_TOKEN": token})
 
 
 def stop_stack(process: subprocess.Popen[bytes]) -> None:
@@ -63,9 +64,10 @@ def demo_command(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     console.print(f"starting the embedded stack on {url} (home {home})")
-    stack = start_stack(home, port)
+    token = os.environ.get("TSLA_TOKEN") or f"tsla_demo_{secrets.token_urlsafe(16)}"
+    stack = start_stack(home, port, token)
     try:
-        with TslaClient(url) as client:
+        with TslaClient(url, token) as client:
             client.wait_until_healthy(timeout=120)
             spec = {"preset": "digits", "epochs": epochs, "seed": 0,
                     "smoothing": {"method": "tsla", "switch_epoch": switch_epoch}}  # fmt: skip

@@ -4,12 +4,14 @@ import typer
 
 from tsla_cli.demo import demo_command
 from tsla_cli.serve import serve_command
+from tsla_cli.token_cmd import app as token_app
 from tsla_core.cli import train_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="TSLA training service")
 app.command("train")(train_command)
 app.command("serve")(serve_command)
 app.command("demo")(demo_command)
+app.add_typer(token_app, name="token")
 
 
 @app.callback()

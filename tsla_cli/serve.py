@@ -7,7 +7,9 @@ PostgreSQL, Redis and shared storage by the TSLA_* environment variables.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +47,27 @@ def start_worker(home: Path, queue: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=output)
 
 
+def first_token(home: Path, database_url: str) -> str:
+    """$TSLA_TOKEN when set; else the token this home created on its first start (HOME/token)."""
+    from tsla_shared.db import session_scope
+    from tsla_shared.tokens import create_token, ensure_token
+
+    token_file = home / "token"
+    with session_scope(database_url) as session:
+        if os.environ.get("TSLA_TOKEN"):
+            token = os.environ["TSLA_TOKEN"]
+            ensure_token(session, f"env-{hashlib.sha256(token.encode()).hexdigest()[:8]}", token)
+            return token
+        if token_file.exists():
+            token = token_file.read_text().strip()
+            ensure_token(session, "serve", token)
+            return token
+        _row, token = create_token(session, f"serve-{secrets.token_hex(4)}")
+    token_file.touch(mode=0o600)
+    token_file.write_text(token + "\n")
+    return token
+
+
 def serve_command(
     port: Annotated[int, typer.Option(help="API port")] = 8000,
     host: Annotated[str, typer.Option(help="API address")] = "127.0.0.1",
@@ -64,8 +87,10 @@ def serve_command(
     get_settings.cache_clear()
     settings = get_settings()
     migrate(settings.resolved_database_url)
+    token = first_token(home, settings.resolved_database_url)
     worker_process = start_worker(home, settings.queue) if worker else None
     typer.echo(f"TSLA service on http://{host}:{port} (home {home}; API docs at /docs)", err=True)
+    typer.echo(f"API token: {token}   (export TSLA_TOKEN={token})", err=True)
     try:
         uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level="warning")
     finally:

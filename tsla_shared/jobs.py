@@ -97,6 +97,67 @@ def request_cancel(session: Session, job_id: str) -> str:
     return state
 
 
+@dataclass
+class Reaped:
+    requeued: list[str]
+    failed: list[str]
+    canceled: list[str]
+
+
+def reap_expired_leases(session: Session) -> Reaped:
+    """Jobs whose worker stopped renewing its lease: back to `queued` while attempts remain,
+    else `failed` with the reason (or `canceled`, when a cancel was pending)."""
+    now = utcnow()
+    expired = session.execute(
+        select(Job.id, Job.attempt, Job.max_attempts, Job.cancel_requested).where(
+            Job.state == "running", Job.lease_expires_at < now
+        )
+    ).all()
+    reaped = Reaped([], [], [])
+    for job_id, attempt, max_attempts, cancel_requested in expired:
+        still_expired = and_(Job.id == job_id, Job.state == "running", Job.lease_expires_at < now)
+        if cancel_requested:
+            values: dict[str, Any] = {"state": "canceled", "error": "canceled by request (worker lost)"}
+            bucket = reaped.canceled
+        elif attempt < max_attempts:
+            values = {"state": "queued", "enqueued_at": None}
+            bucket = reaped.requeued
+        else:
+            values = {
+                "state": "failed",
+                "error": f"worker lost: lease expired on attempt {attempt} of {max_attempts}",
+            }
+            bucket = reaped.failed
+        if values["state"] != "queued":
+            values["finished_at"] = now
+        result = session.execute(
+            update(Job)
+            .where(still_expired)
+            .values(lease_owner=None, lease_expires_at=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            bucket.append(job_id)
+    session.commit()
+    return reaped
+
+
+def unsent_job_ids(session: Session, limit: int = 100) -> list[str]:
+    """Queued jobs whose id is not on the queue (new ones whose enqueue failed, or reaped)."""
+    query = select(Job.id).where(Job.state == "queued", Job.enqueued_at.is_(None)).order_by(Job.created_at)
+    return list(session.scalars(query.limit(limit)))
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def record_metrics(session: Session, job_id: str, attempt: int, rows: Iterable[dict[str, Any]]) -> None:
     """Store one epoch's rows in one transaction; a re-run epoch replaces its earlier rows.
 

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(6 * 3600, gt=0)
     max_body_bytes: int = Field(1_000_000, gt=0)
     metrics_page_max: int = Field(5000, gt=0)
+    max_active_jobs_per_token: int = Field(20, gt=0, description="queued + running jobs per token (429)")
 
     @property
     def resolved_database_url(self) -> str:

@@ -17,7 +17,10 @@ Settings for long training tasks:
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_ready, worker_shutting_down
 from kombu import Queue
 
 from tsla_shared.settings import TRAIN_TASK, Settings, get_settings
@@ -46,5 +49,22 @@ def make_celery(settings: Settings) -> Celery:
 
 app = make_celery(get_settings())
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
+reapers: list[Any] = []
+
+
+@worker_ready.connect
+def start_reaper(**_kwargs: Any) -> None:
+    from worker.reaper import Reaper
+
+    reaper = Reaper(get_settings(), app)
+    reaper.start()
+    reapers.append(reaper)
+
+
+@worker_shutting_down.connect
+def stop_reaper(**_kwargs: Any) -> None:
+    for reaper in reapers:
+        reaper.stop()
+
 
 __all__ = ["TRAIN_TASK", "app", "make_celery"]

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response, status
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import SessionDep, SettingsDep
-from api.routes.jobs import get_job_or_404
-from api.schemas import CheckpointPublic, CheckpointsPublic
+from api.deps import OwnedJob, SessionDep, SettingsDep
+from api.schemas import CheckpointPublic, CheckpointsPublic, Message
 from tsla_shared import jobs
 from tsla_shared.models import Checkpoint
 from tsla_shared.storage import Storage
@@ -23,8 +23,8 @@ CHUNK = 1 << 20
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic)
-def list_checkpoints(job_id: str, session: SessionDep) -> CheckpointsPublic:
-    get_job_or_404(session, job_id)
+def list_checkpoints(job: OwnedJob, session: SessionDep) -> CheckpointsPublic:
+    job_id = job.id
     rows = session.scalars(
         select(Checkpoint)
         .where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False))
@@ -98,13 +98,13 @@ def read_span(handle: IO[Any], first: int, length: int) -> Iterator[bytes]:
         200: {"content": {"application/octet-stream": {}}, "description": "the checkpoint file"},
         206: {"content": {"application/octet-stream": {}}, "description": "the requested byte range"},
         304: {"description": "If-None-Match matched the ETag"},
-        404: {"description": "no such job or checkpoint"},
+        404: {"model": Message, "description": "no such job or checkpoint"},
         416: {"description": "the range is outside the file"},
     },
 )
 def download_checkpoint(
-    job_id: str,
-    ref: str,
+    job: OwnedJob,
+    ref: Annotated[str, PathParam(max_length=32)],
     session: SessionDep,
     settings: SettingsDep,
     range_header: str | None = Header(None, alias="Range"),
@@ -112,8 +112,7 @@ def download_checkpoint(
     if_none_match: str | None = Header(None, alias="If-None-Match"),
 ) -> Response:
     """Download a checkpoint: `ref` is its id, `latest` or `best`. Resumable with Range."""
-    job = get_job_or_404(session, job_id)
-    checkpoint = find_checkpoint(session, job_id, ref)
+    checkpoint = find_checkpoint(session, job.id, ref)
     storage = Storage(settings.resolved_storage_url)
     if not storage.exists(checkpoint.storage_key):
         raise HTTPException(

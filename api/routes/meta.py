@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from sqlalchemy import text
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, current_token
 from api.schemas import DatasetPublic
 from tsla_shared.datasets import DATASETS
 from tsla_shared.presets import PRESETS
@@ -15,13 +15,13 @@ from tsla_shared.presets import PRESETS
 router = APIRouter(tags=["meta"])
 
 
-@router.get("/presets")
+@router.get("/presets", dependencies=[Depends(current_token)])
 def list_presets() -> dict[str, dict[str, Any]]:
     """Named starting points for a job spec, with their fields."""
     return PRESETS
 
 
-@router.get("/datasets", response_model=list[DatasetPublic])
+@router.get("/datasets", response_model=list[DatasetPublic], dependencies=[Depends(current_token)])
 def list_datasets(settings: SettingsDep) -> list[DatasetPublic]:
     """The data sets a job can name, and whether each is installed on this server."""
     found = []

@@ -11,8 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from api.deps import SessionDep, SettingsDep
-from api.routes.jobs import get_job_or_404
+from api.deps import OwnedJob, SessionDep, SettingsDep
 from api.schemas import LogPublic, LogsPage, MetricPublic, MetricsPage
 from tsla_shared.models import LogLine, Metric
 
@@ -23,16 +22,15 @@ After = Annotated[int | None, Query(ge=0, description="return rows with seq grea
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage)
 def list_metrics(
-    job_id: str,
+    job: OwnedJob,
     session: SessionDep,
     settings: SettingsDep,
     after: After = None,
     limit: Annotated[int, Query(ge=1)] = 1000,
     name: Annotated[str | None, Query(max_length=64, description="only this metric, e.g. top1")] = None,
 ) -> MetricsPage:
-    get_job_or_404(session, job_id)
     limit = min(limit, settings.metrics_page_max)
-    query = select(Metric).where(Metric.job_id == job_id).order_by(Metric.seq).limit(limit + 1)
+    query = select(Metric).where(Metric.job_id == job.id).order_by(Metric.seq).limit(limit + 1)
     if after is not None:
         query = query.where(Metric.seq > after)
     if name is not None:
@@ -49,13 +47,12 @@ def list_metrics(
 
 @router.get("/{job_id}/logs", response_model=LogsPage)
 def list_logs(
-    job_id: str,
+    job: OwnedJob,
     session: SessionDep,
     after: After = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> LogsPage:
-    get_job_or_404(session, job_id)
-    query = select(LogLine).where(LogLine.job_id == job_id).order_by(LogLine.seq).limit(limit + 1)
+    query = select(LogLine).where(LogLine.job_id == job.id).order_by(LogLine.seq).limit(limit + 1)
     if after is not None:
         query = query.where(LogLine.seq > after)
     rows = list(session.scalars(query))

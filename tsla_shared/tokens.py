@@ -1,0 +1,63 @@
+"""Bearer API tokens: created once (the plaintext is shown then and never stored), kept as
+sha256, compared in constant time, revoked by name."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from tsla_shared.jobs import utcnow
+from tsla_shared.models import ApiToken
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, name: str, token: str | None = None) -> tuple[ApiToken, str]:
+    """A new token named `name` (unique); `token` supplies the plaintext (e.g. $TSLA_TOKEN)."""
+    if session.scalar(select(ApiToken).where(ApiToken.name == name)) is not None:
+        raise ValueError(f"a token named {name!r} exists already")
+    plaintext = token or f"tsla_{secrets.token_urlsafe(32)}"
+    row = ApiToken(name=name, token_sha256=digest(plaintext))
+    session.add(row)
+    session.commit()
+    return row, plaintext
+
+
+def ensure_token(session: Session, name: str, token: str) -> ApiToken:
+    """The active token with this plaintext, created under `name` if it is not known yet."""
+    found = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == digest(token)))
+    if found is not None:
+        if found.revoked_at is not None:
+            raise ValueError(f"token {found.name!r} has been revoked")
+        return found
+    return create_token(session, name, token)[0]
+
+
+def revoke_token(session: Session, name_or_id: str) -> ApiToken:
+    row = session.scalar(select(ApiToken).where(or_(ApiToken.name == name_or_id, ApiToken.id == name_or_id)))
+    if row is None:
+        raise LookupError(f"no token named {name_or_id!r}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.commit()
+    return row
+
+
+def authenticate(session: Session, token: str) -> ApiToken | None:
+    """The active token row for a presented plaintext, else None."""
+    presented = digest(token)
+    row = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == presented))
+    # The lookup is by a hash of the secret; the comparison below is constant-time regardless.
+    if row is None or not hmac.compare_digest(row.token_sha256, presented) or row.revoked_at is not None:
+        return None
+    return row
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.created_at)))
