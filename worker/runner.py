@@ -10,9 +10,14 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from tsla_core import CheckpointRecord, CheckpointStore, Hooks, MetricRow, train
 from tsla_core.checkpoint import CheckpointError
@@ -25,9 +30,36 @@ from tsla_shared.spec import RunSpec
 from tsla_shared.storage import Storage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long a database write is retried before the attempt gives up (a restart takes seconds).
+RETRY_FOR_SECONDS = 600.0
 
 # Errors in the job's own input (data set missing on this worker, bad teacher): not retried.
 USER_ERRORS = (DatasetError, CheckpointError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """A lost or refused connection, or SQLite's "database is locked": worth retrying."""
+    if isinstance(error, OperationalError | InterfaceError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def with_retries(action: Callable[[], T], what: str, retry_for: float = RETRY_FOR_SECONDS) -> T:
+    """Run a database action, retrying transient failures with exponential backoff (0.2 s .. 10 s),
+    so a write during a PostgreSQL restart is delayed, not dropped."""
+    deadline = time.monotonic() + retry_for
+    delay = 0.2
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            if not is_transient(error) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.1f s", what, type(error).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def new_worker_id() -> str:
@@ -85,12 +117,19 @@ class JobRun:
 
     def log(self, message: str, level: str = "info") -> None:
         log.info("job %s: %s", self.job_id, message)
-        with session_scope(self.url) as session:
-            jobs.append_log(session, self.job_id, self.attempt, level, message)
+
+        def write() -> None:
+            with session_scope(self.url) as session:
+                jobs.append_log(session, self.job_id, self.attempt, level, message)
+
+        with_retries(write, "writing a log line")
 
     def on_metrics(self, rows: list[MetricRow]) -> None:
-        with session_scope(self.url) as session:
-            jobs.record_metrics(session, self.job_id, self.attempt, [row.as_dict() for row in rows])
+        def write() -> None:
+            with session_scope(self.url) as session:
+                jobs.record_metrics(session, self.job_id, self.attempt, [row.as_dict() for row in rows])
+
+        with_retries(write, f"writing epoch {rows[0].epoch} metrics")
 
     def on_checkpoint(self, record: CheckpointRecord) -> None:
         key = self.storage.key(self.job_id, f"checkpoints/{record.path.name}")
@@ -98,8 +137,15 @@ class JobRun:
         if not self.storage.is_local:
             self.storage.put_file(record.path, key)
             self.storage.put_file(record.path.with_suffix(".json"), key.removesuffix(".pt") + ".json")
-        with session_scope(self.url) as session:
-            jobs.record_checkpoint(session, self.job_id, record.public(), key, kept)
+            for stored in self.storage.list(f"{self.job_id}/checkpoints"):
+                if Path(stored).stem not in kept:  # the core's retention removed the local copy
+                    self.storage.delete(stored)
+
+        def write() -> None:
+            with session_scope(self.url) as session:
+                jobs.record_checkpoint(session, self.job_id, record.public(), key, kept)
+
+        with_retries(write, f"recording checkpoint {record.name}")
 
     def hooks(self, heartbeat: Heartbeat) -> Hooks:
         return Hooks(
@@ -143,13 +189,19 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     url = settings.resolved_database_url
     worker_id = new_worker_id()
-    with session_scope(url) as session:
-        if not jobs.claim_job(session, job_id, worker_id, settings.lease_seconds):
-            return "not claimed"  # a duplicate delivery, a canceled job or another worker's
-        job = session.get(Job, job_id)
-        assert job is not None
-        spec = RunSpec.model_validate(job.spec)
-        attempt = job.attempt
+
+    def claim() -> tuple[RunSpec, int] | None:
+        with session_scope(url) as session:
+            if not jobs.claim_job(session, job_id, worker_id, settings.lease_seconds):
+                return None
+            job = session.get(Job, job_id)
+            assert job is not None
+            return RunSpec.model_validate(job.spec), job.attempt
+
+    claimed = with_retries(claim, f"claiming job {job_id}")
+    if claimed is None:
+        return "not claimed"  # a duplicate delivery, a canceled job or another worker's
+    spec, attempt = claimed
 
     storage = Storage(settings.resolved_storage_url)
     run = JobRun(settings, job_id, attempt, storage, Path())
@@ -176,7 +228,10 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
 
 
 def end(run: JobRun, worker_id: str, state: str, error: str | None = None) -> str:
-    with session_scope(run.url) as session:
-        recorded = jobs.finish_job(session, run.job_id, worker_id, state, error)
+    def write() -> bool:
+        with session_scope(run.url) as session:
+            return jobs.finish_job(session, run.job_id, worker_id, state, error)
+
+    recorded = with_retries(write, f"recording the end of job {run.job_id}")
     run.log(f"attempt {run.attempt} ended: {state}" + (f" ({error})" if error else ""))
     return state if recorded else f"{state} (not recorded: lease lost)"
