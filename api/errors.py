@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.routing import Match
 
 from tsla_shared.spec import SpecError
 
@@ -29,6 +31,22 @@ async def spec_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": str(exc)})
 
 
+async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 with an `Allow` header naming every method of the path (Starlette names only the
+    methods of the first route that matched, e.g. POST but not GET for /jobs)."""
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match == Match.PARTIAL and isinstance(route, APIRoute):
+            allowed |= route.methods
+    return JSONResponse(
+        status_code=405,
+        content={"detail": "Method Not Allowed"},
+        headers={"Allow": ", ".join(sorted(allowed))},
+    )
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(SpecError, spec_error)
+    app.add_exception_handler(405, method_not_allowed)

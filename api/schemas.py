@@ -17,6 +17,7 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # a JSON 0 is not a boolean, "10" is not an integer
         json_schema_extra={
             "examples": [{"preset": "digits", "smoothing": {"method": "tsla", "switch_epoch": 6}}]
         },
@@ -40,7 +41,8 @@ class JobCreate(BaseModel):
     channels_last: bool | None = None
 
     def spec_fields(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True, exclude={"name", "max_attempts"})
+        """The spec part of the body; a null field means "not given" (the preset's or default)."""
+        return self.model_dump(exclude_unset=True, exclude_none=True, exclude={"name", "max_attempts"})
 
 
 class JobPublic(BaseModel):
@@ -137,4 +139,17 @@ class DatasetPublic(BaseModel):
 
 
 class Message(BaseModel):
+    """Every error: a one-line `detail`; validation errors also list each problem."""
+
     detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "missing, invalid or revoked bearer token"},
+    422: {"model": Message, "description": "invalid input; `detail` says which field and why"},
+}
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    404: {"model": Message, "description": "no such job for this token"},
+}

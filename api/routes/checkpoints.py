@@ -13,12 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import OwnedJob, SessionDep, SettingsDep
-from api.schemas import CheckpointPublic, CheckpointsPublic, Message
+from api.schemas import JOB_RESPONSES, CheckpointPublic, CheckpointsPublic, Message
 from tsla_shared import jobs
 from tsla_shared.models import Checkpoint
 from tsla_shared.storage import Storage
 
-router = APIRouter(prefix="/jobs", tags=["checkpoints"])
+router = APIRouter(prefix="/jobs", tags=["checkpoints"], responses=JOB_RESPONSES)
 CHUNK = 1 << 20
 
 

@@ -14,14 +14,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentToken, OwnedJob, SessionDep, SettingsDep
-from api.schemas import JobCreate, JobPublic, JobsPublic, Message
+from api.schemas import ERROR_RESPONSES, JobCreate, JobPublic, JobsPublic, Message
 from tsla_shared import jobs
 from tsla_shared.datasets import DATASETS
 from tsla_shared.models import FINISHED_STATES, Job, JobState
 from tsla_shared.settings import Settings
 from tsla_shared.spec import RunSpec, SpecError, build_spec
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 log = logging.getLogger(__name__)
 
 
@@ -88,7 +88,12 @@ IdempotencyKey = Annotated[
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
-    responses={409: {"model": Message}, 422: {"model": Message}, 429: {"model": Message}},
+    responses={
+        400: {"model": Message, "description": "the body is not JSON"},
+        409: {"model": Message},
+        413: {"model": Message},
+        429: {"model": Message},
+    },
 )
 def create_job(
     body: JobCreate,

@@ -8,20 +8,25 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import text
 
 from api.deps import SessionDep, SettingsDep, current_token
-from api.schemas import DatasetPublic
+from api.schemas import ERROR_RESPONSES, DatasetPublic
 from tsla_shared.datasets import DATASETS
 from tsla_shared.presets import PRESETS
 
 router = APIRouter(tags=["meta"])
 
 
-@router.get("/presets", dependencies=[Depends(current_token)])
+@router.get("/presets", dependencies=[Depends(current_token)], responses=ERROR_RESPONSES)
 def list_presets() -> dict[str, dict[str, Any]]:
     """Named starting points for a job spec, with their fields."""
     return PRESETS
 
 
-@router.get("/datasets", response_model=list[DatasetPublic], dependencies=[Depends(current_token)])
+@router.get(
+    "/datasets",
+    response_model=list[DatasetPublic],
+    dependencies=[Depends(current_token)],
+    responses=ERROR_RESPONSES,
+)
 def list_datasets(settings: SettingsDep) -> list[DatasetPublic]:
     """The data sets a job can name, and whether each is installed on this server."""
     found = []

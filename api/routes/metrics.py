@@ -12,10 +12,10 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from api.deps import OwnedJob, SessionDep, SettingsDep
-from api.schemas import LogPublic, LogsPage, MetricPublic, MetricsPage
+from api.schemas import JOB_RESPONSES, LogPublic, LogsPage, MetricPublic, MetricsPage
 from tsla_shared.models import LogLine, Metric
 
-router = APIRouter(prefix="/jobs", tags=["metrics"])
+router = APIRouter(prefix="/jobs", tags=["metrics"], responses=JOB_RESPONSES)
 
 After = Annotated[int | None, Query(ge=0, description="return rows with seq greater than this")]
 
