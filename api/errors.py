@@ -37,7 +37,7 @@ async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
     allowed: set[str] = set()
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
-        if match == Match.PARTIAL and isinstance(route, APIRoute):
+        if match == Match.PARTIAL and isinstance(route, APIRoute) and route.methods:
             allowed |= route.methods
     return JSONResponse(
         status_code=405,
