@@ -20,7 +20,6 @@ from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
 
 from tsla_core.datasets import (
-    FASHION_MNIST_DEBIAN_DIR,
     ArraySplit,
     DatasetError,
     make_synthetic,
@@ -29,6 +28,7 @@ from tsla_core.datasets import (
     read_fashion_mnist,
     read_image_folder_classes,
 )
+from tsla_shared.datasets import DATASETS
 from tsla_shared.spec import DataSpec
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -183,24 +183,22 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def read_arrays(spec: DataSpec, data_root: Path) -> tuple[ArraySplit, ArraySplit, int]:
-    """(train, test, num_classes) for the tensor data sets."""
+    """(train, test, num_classes) for the tensor data sets, from the registry's locations."""
     name = spec.name
     if name == "digits":
         return read_digits(train=True), read_digits(train=False), 10
-    if name == "fashion-mnist":
-        folder = data_root / "fashion-mnist"
-        if not folder.is_dir():
-            folder = FASHION_MNIST_DEBIAN_DIR
-        return read_fashion_mnist(folder, train=True), read_fashion_mnist(folder, train=False), 10
-    if name in ("cifar10", "cifar100"):
-        classes: Literal[10, 100] = 10 if name == "cifar10" else 100
-        folder = data_root / ("cifar-10-batches-py" if classes == 10 else "cifar-100-python")
-        return read_cifar(folder, classes, train=True), read_cifar(folder, classes, train=False), classes
     if name == "synthetic":
         s = spec.synthetic
         train = make_synthetic(s.num_train, s.num_classes, s.channels, s.image_size, seed=1)
         test = make_synthetic(s.num_test, s.num_classes, s.channels, s.image_size, seed=2)
         return train, test, s.num_classes
+    folder = DATASETS[name].location(data_root)
+    assert folder is not None
+    if name == "fashion-mnist":
+        return read_fashion_mnist(folder, train=True), read_fashion_mnist(folder, train=False), 10
+    if name in ("cifar10", "cifar100"):
+        classes: Literal[10, 100] = 10 if name == "cifar10" else 100
+        return read_cifar(folder, classes, train=True), read_cifar(folder, classes, train=False), classes
     raise DatasetError(f"{name} is not a tensor data set")
 
 

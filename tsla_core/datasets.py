@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+from tsla_shared.datasets import FASHION_MNIST_DEBIAN_DIR
+
+__all__ = ["FASHION_MNIST_DEBIAN_DIR"]  # re-exported: tests and callers import it from here
 
 _NO_DOWNLOAD = "this service never downloads data"
 
