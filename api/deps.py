@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, status
+from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -63,3 +65,23 @@ def owned_job(job_id: Annotated[str, Path(max_length=64)], session: SessionDep, 
 
 
 OwnedJob = Annotated[Job, Depends(owned_job)]
+
+
+def query_names(dependant: Dependant) -> set[str]:
+    """Query parameter names a route declares, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= query_names(sub)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Unknown query parameters are a 422, like unknown body fields: a typo is never ignored."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = sorted(set(request.query_params) - query_names(route.dependant))
+    if unknown:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown query parameter(s): {', '.join(unknown)}"
+        )

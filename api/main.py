@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import errors
+from api.deps import reject_unknown_query
 from api.limits import BodySizeLimit
 from api.queue import JobQueue
 from api.routes import checkpoints, jobs, meta, metrics
@@ -16,6 +17,7 @@ def create_app() -> FastAPI:
         title="TSLA training service",
         summary="Two-stage label smoothing training jobs over HTTP",
         version="0.1.0",
+        dependencies=[Depends(reject_unknown_query)],
     )
     settings = get_settings()
     app.state.queue = JobQueue(settings)

@@ -48,7 +48,8 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", make_app())
 
 
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same examples every run, so CI never flakes; raise max_examples to explore.
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:
     # The spec's cross-field rules (tsla needs switch_epoch, a teacher must be a finished job)
     # cannot be written in JSON Schema, so a schema-valid body may rightly be a 422: the

@@ -1,0 +1,121 @@
+"""Auth, isolation, idempotency and limits: bad input is a clear 4xx and changes nothing."""
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tests.api.conftest import Api
+from tsla_shared.db import session_scope
+from tsla_shared.models import Job
+from tsla_shared.tokens import revoke_token
+
+SPEC = {"preset": "digits", "epochs": 2, "smoothing": {"switch_epoch": 1}}
+
+
+def job_count(api: Api) -> int:
+    with session_scope(api.database_url) as session:
+        return session.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def submit(api: Api, token: str, body: Any = SPEC, **headers: str) -> Any:
+    return api.client.post("/jobs", json=body, headers={**api.as_token(token), **headers})
+
+
+def test_every_endpoint_but_health_needs_a_valid_token(api: Api) -> None:
+    token = api.new_token("alice")
+    assert api.client.get("/healthz").status_code == 200
+    for method, path in (("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/presets"), ("GET", "/datasets"),
+                         ("GET", "/jobs/x"), ("GET", "/jobs/x/metrics"), ("GET", "/jobs/x/checkpoints/best"),
+                         ("POST", "/jobs/x/cancel"), ("GET", "/jobs/x/logs")):  # fmt: skip
+        missing = api.client.request(method, path)
+        assert missing.status_code == 401, path
+        assert missing.headers["WWW-Authenticate"] == "Bearer"
+        wrong = api.client.request(method, path, headers=api.as_token(token + "x"))
+        assert wrong.status_code == 401 and wrong.json()["detail"] == "invalid or revoked token"
+    with session_scope(api.database_url) as session:
+        revoke_token(session, "alice")
+    assert api.client.get("/jobs", headers=api.as_token(token)).status_code == 401
+    assert job_count(api) == 0
+
+
+def test_a_token_sees_only_its_own_jobs(api: Api) -> None:
+    alice, bob = api.new_token("alice"), api.new_token("bob")
+    job = submit(api, alice).json()
+    for path in (f"/jobs/{job['id']}", f"/jobs/{job['id']}/metrics", f"/jobs/{job['id']}/logs",
+                 f"/jobs/{job['id']}/checkpoints", f"/jobs/{job['id']}/checkpoints/latest"):  # fmt: skip
+        assert api.client.get(path, headers=api.as_token(bob)).status_code == 404, path
+        assert api.client.get(path, headers=api.as_token(alice)).status_code in (200, 404)
+    assert api.client.get(f"/jobs/{job['id']}", headers=api.as_token(alice)).status_code == 200
+    assert api.client.post(f"/jobs/{job['id']}/cancel", headers=api.as_token(bob)).status_code == 404
+    assert api.client.get("/jobs", headers=api.as_token(bob)).json()["items"] == []
+    assert api.client.get(f"/jobs?cursor={job['id']}", headers=api.as_token(bob)).status_code == 422
+    assert [j["id"] for j in api.client.get("/jobs", headers=api.as_token(alice)).json()["items"]] == [
+        job["id"]
+    ]
+    with session_scope(api.database_url) as session:  # make alice's job a finished teacher
+        session.get(Job, job["id"]).state = "succeeded"  # type: ignore[union-attr]
+    teacher_spec = {"preset": "digits", "smoothing": {"method": "lsr-pre", "teacher": {"job": job["id"]}}}
+    stolen = submit(api, bob, teacher_spec)
+    assert stolen.status_code == 422 and "does not exist" in stolen.json()["detail"]
+    assert submit(api, alice, teacher_spec).status_code == 201
+
+
+def test_idempotency_key_replays_the_first_response_and_refuses_another_body(api: Api) -> None:
+    alice, bob = api.new_token("alice"), api.new_token("bob")
+    first = submit(api, alice, SPEC, **{"Idempotency-Key": "k-1"})
+    assert first.status_code == 201
+    replay = submit(api, alice, SPEC, **{"Idempotency-Key": "k-1"})
+    assert (replay.status_code, replay.json()) == (201, first.json())
+    conflict = submit(api, alice, {**SPEC, "seed": 3}, **{"Idempotency-Key": "k-1"})
+    assert conflict.status_code == 409 and "different request body" in conflict.json()["detail"]
+    other_owner = submit(api, bob, SPEC, **{"Idempotency-Key": "k-1"})  # keys are per token
+    assert other_owner.status_code == 201 and other_owner.json()["id"] != first.json()["id"]
+    assert submit(api, alice, SPEC).json()["id"] != first.json()["id"]  # no key: a new job
+    assert job_count(api) == 3
+
+
+def test_limits_413_422_429(api: Api) -> None:
+    alice = api.new_token("alice")
+    huge = {"preset": "digits", "name": "x" * 30_000}
+    assert submit(api, alice, huge).status_code == 413
+    bad_specs = [
+        ({"data": {"name": "../../etc"}}, "data.name"),
+        ({"epochs": 100_000}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"optim": {"lr": 50}}, "optim.lr"),
+        ({"data": {"num_workers": 999}}, "data.num_workers"),
+        ({"epochs": "ten"}, "epochs"),
+        ({"smoothing": {"method": "lsr-pre", "teacher": {"path": "/etc/passwd"}}}, "teacher.path"),
+        ({"smoothing": {"method": "lsr-pre", "teacher": {"job": "nope"}}}, "teacher.job"),
+    ]
+    for bad, field in bad_specs:
+        response = submit(api, alice, {"preset": "digits", **bad})
+        assert response.status_code == 422, (bad, response.text)
+        assert field in response.json()["detail"]
+    assert job_count(api) == 0
+    for _ in range(3):
+        assert submit(api, alice).status_code == 201
+    capped = submit(api, alice)
+    assert capped.status_code == 429 and "limit is 3" in capped.json()["detail"]
+    assert submit(api, api.new_token("bob")).status_code == 201  # the cap is per token
+    assert job_count(api) == 4
+
+
+def test_cancel_in_each_state(api: Api) -> None:
+    alice = api.new_token("alice")
+    headers = api.as_token(alice)
+    queued = submit(api, alice).json()
+    canceled = api.client.post(f"/jobs/{queued['id']}/cancel", headers=headers).json()
+    assert canceled["state"] == "canceled" and canceled["cancel_requested"]
+    assert api.client.post(f"/jobs/{queued['id']}/cancel", headers=headers).status_code == 409
+    running = submit(api, alice).json()
+    with session_scope(api.database_url) as session:
+        session.get(Job, running["id"]).state = "running"  # type: ignore[union-attr]
+    flagged = api.client.post(f"/jobs/{running['id']}/cancel", headers=headers).json()
+    assert (flagged["state"], flagged["cancel_requested"]) == ("running", True)
+    for final in ("succeeded", "failed"):
+        job = submit(api, alice).json()
+        with session_scope(api.database_url) as session:
+            session.get(Job, job["id"]).state = final  # type: ignore[union-attr]
+        response = api.client.post(f"/jobs/{job['id']}/cancel", headers=headers)
+        assert response.status_code == 409 and final in response.json()["detail"]

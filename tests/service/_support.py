@@ -1,0 +1,297 @@
+"""Helpers for the service integration tests: real processes, bounded waits, HTTP checks."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FINISHED = ("succeeded", "failed", "canceled")
+# The main job of Part 2: TSLA on real digits, smoothing in epochs 0-1 and one-hot in 2-3.
+MAIN_SPEC: dict[str, Any] = {
+    "preset": "digits",
+    "epochs": 4,
+    "smoothing": {"method": "tsla", "switch_epoch": 2},
+}
+MAIN_SWITCH = 2
+MAIN_EPOCHS = 4
+
+# Every log file of a process the tests started; conftest attaches their tails to failures.
+LOG_FILES: list[Path] = []
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any TSLA_* setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSLA_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def start_process(command: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A subprocess in its own session (so its whole group can be killed), output to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    LOG_FILES.append(log)
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            list(command),
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left of it after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    # Children (the embedded stack's worker) may outlive the leader: kill the whole group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+
+
+def log_tail(path: Path, chars: int = 6000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        return f"<cannot read {path}: {error}>"
+    return text[-chars:]
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
+    """Call `probe` until it returns something other than None/False; TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last is not None and last is not False:
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_healthy(base_url: str, processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Poll /healthz; fail at once if one of `processes` exited."""
+
+    def probe() -> bool:
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode} before /healthz")
+        try:
+            return httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(probe, timeout, f"{base_url}/healthz", interval=0.3)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- the API --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """A running service (API + worker) and an authenticated client for it."""
+
+    base_url: str
+    token: str
+    home: Path
+    queue: str | None = None
+    broker: Any = None  # a redis.Redis client of the broker's database (PostgreSQL stack)
+    worker_log: Path | None = None
+    http: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30.0
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post("/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        job: dict[str, Any] = response.json()
+        assert job["state"] == "queued"
+        return job
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        found: dict[str, Any] = response.json()
+        return found
+
+    def cancel(self, job_id: str) -> httpx.Response:
+        return self.http.post(f"/jobs/{job_id}/cancel")
+
+    def wait_job(
+        self, job_id: str, timeout: float, until: Callable[[dict[str, Any]], bool] | None = None
+    ) -> dict[str, Any]:
+        """The job once `until(job)` holds (default: finished); the last state is in the error."""
+        until = until or (lambda job: job["state"] in FINISHED)
+        seen: dict[str, Any] = {}
+
+        def probe() -> dict[str, Any] | None:
+            seen.update(self.job(job_id))
+            return dict(seen) if until(seen) else None
+
+        try:
+            return wait_for(probe, timeout, f"job {job_id}", interval=0.3)
+        except TimeoutError as error:
+            raise TimeoutError(
+                f"{error}; last state {seen.get('state')}, epochs_done {seen.get('epochs_done')}"
+            ) from None
+
+    def all_jobs(self, **params: Any) -> list[dict[str, Any]]:
+        response = self.http.get("/jobs", params={"limit": 500, **params})
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert page["next_cursor"] is None, "more than 500 jobs in a fresh database"
+        items: list[dict[str, Any]] = page["items"]
+        return items
+
+    def page_metrics(self, job_id: str, limit: int, timeout: float) -> tuple[list[dict[str, Any]], int, int]:
+        """Follow the metrics cursor with pages of `limit` rows until the job is finished.
+
+        Returns (rows, pages, rows_seen_while_unfinished). Each page is checked as it comes.
+        """
+        rows: list[dict[str, Any]] = []
+        after: int | None = None
+        pages = early = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            # The state is read before the page: a finished job wrote all its rows before finishing,
+            # so a page read after seeing `finished` (and the pages it links to) has them all.
+            state = self.job(job_id)["state"]
+            params: dict[str, Any] = {"limit": limit} if after is None else {"limit": limit, "after": after}
+            response = self.http.get(f"/jobs/{job_id}/metrics", params=params)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            pages += 1
+            items = page["items"]
+            assert len(items) <= limit
+            if page["has_more"]:
+                assert len(items) == limit
+            if items:
+                assert page["next_after"] == items[-1]["seq"]
+                if after is not None:
+                    assert items[0]["seq"] > after
+            else:
+                assert page["next_after"] == after
+            rows.extend(items)
+            if state not in FINISHED:
+                early += len(items)
+            after = page["next_after"]
+            if page["has_more"]:
+                continue
+            if state in FINISHED:
+                return rows, pages, early
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {state} after {timeout}s of metric paging")
+            time.sleep(0.3)
+
+
+def check_metric_rows(
+    rows: list[dict[str, Any]], epochs: int, switch_epoch: int
+) -> dict[int, dict[str, Any]]:
+    """The checks every job's metric rows must pass; returns {epoch: {"split/name": row}}."""
+    seqs = [row["seq"] for row in rows]
+    assert all(a < b for a, b in itertools.pairwise(seqs)), "seq must strictly increase"
+    assert len(set(seqs)) == len(seqs)
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        for key in ("seq", "epoch", "split", "name", "value", "stage", "time", "step", "attempt"):
+            assert key in row, f"metric row without {key}: {row}"
+        assert isinstance(row["value"], float | int)
+        expected_stage = "smooth" if row["epoch"] < switch_epoch else "onehot"
+        assert row["stage"] == expected_stage, row
+        key = f"{row['split']}/{row['name']}"
+        assert key not in by_epoch.setdefault(row["epoch"], {}), f"duplicate row {row['epoch']} {key}"
+        by_epoch[row["epoch"]][key] = row
+    assert sorted(by_epoch) == list(range(epochs))
+    names = {frozenset(found) for found in by_epoch.values()}
+    assert len(names) == 1, f"epochs log different metrics: {names}"
+    for key in ("train/loss", "train/top1", "train/lr", "test/loss", "test/top1", "test/top5"):
+        assert key in by_epoch[0], f"{key} missing from {sorted(by_epoch[0])}"
+    for epoch, found in by_epoch.items():
+        assert 0.0 <= found["test/top1"]["value"] <= 100.0
+        assert found["test/top1"]["value"] <= found["test/top5"]["value"]
+        assert found["train/lr"]["value"] > 0, epoch
+    return by_epoch
+
+
+def check_download(service: Service, job_id: str, ref: str, size: int, sha256: str) -> bytes:
+    """Download without and with Range and check status, headers, ETag and sha256; the file."""
+    http = service.http
+    url = f"/jobs/{job_id}/checkpoints/{ref}"
+    full = http.get(url)
+    assert full.status_code == 200, full.text
+    body = full.content
+    assert len(body) == size
+    assert full.headers["content-length"] == str(size)
+    assert full.headers["etag"] == f'"{sha256}"'
+    assert full.headers["accept-ranges"] == "bytes"
+    assert sha256_bytes(body) == sha256
+    assert "content-range" not in full.headers
+
+    head = http.get(url, headers={"Range": "bytes=0-99"})
+    assert head.status_code == 206, head.text
+    assert head.headers["content-range"] == f"bytes 0-99/{size}"
+    assert head.headers["content-length"] == "100"
+    assert head.headers["etag"] == f'"{sha256}"'
+    assert head.content == body[:100]
+
+    rest = http.get(url, headers={"Range": "bytes=100-"})
+    assert rest.status_code == 206, rest.text
+    assert rest.headers["content-range"] == f"bytes 100-{size - 1}/{size}"
+    assert rest.headers["content-length"] == str(size - 100)
+    assert head.content + rest.content == body
+    assert sha256_bytes(head.content + rest.content) == sha256
+
+    suffix = http.get(url, headers={"Range": "bytes=-50"})
+    assert suffix.status_code == 206, suffix.text
+    assert suffix.headers["content-range"] == f"bytes {size - 50}-{size - 1}/{size}"
+    assert suffix.headers["content-length"] == "50"
+    assert suffix.content == body[-50:]
+
+    past = http.get(url, headers={"Range": f"bytes={size}-"})
+    assert past.status_code == 416, past.text
+    assert past.headers["content-range"] == f"bytes */{size}"
+    assert past.json()["detail"]
+
+    cached = http.get(url, headers={"If-None-Match": f'"{sha256}"'})
+    assert cached.status_code == 304
+    assert cached.content == b""
+    return body

@@ -1,0 +1,158 @@
+"""The production-shaped stack for the service tests: a fresh PostgreSQL database migrated with
+Alembic, a Redis broker database of its own, and REAL `celery worker` and `uvicorn` processes.
+
+Everything is torn down at the end of the session, also after failures: the processes (their
+whole process groups), the Redis database's keys and the PostgreSQL database (`WITH (FORCE)`).
+When a test fails, the tails of the processes' log files are attached to its report.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import sys
+from collections.abc import Generator, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._support import (
+    LOG_FILES,
+    MAIN_SPEC,
+    Service,
+    clean_env,
+    free_port,
+    log_tail,
+    start_process,
+    stop_process,
+    wait_for,
+    wait_healthy,
+)
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# A short lease makes a cancel reach the training loop within lease/3 = 5 seconds; it stays long
+# enough that a heartbeat delayed by a busy machine does not let the reaper take a job back.
+LEASE_SECONDS = "15"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and str(item.path).startswith(str(Path(__file__).parent)):
+        for log in LOG_FILES:
+            report.sections.append((f"process log {log.name} ({log})", log_tail(log)))
+
+
+def _pick_redis_db() -> tuple[Any, int]:
+    """An empty Redis database (1..15), flushed; the test owns it until teardown."""
+    import redis
+
+    numbers = list(range(1, 16))
+    random.shuffle(numbers)
+    for number in numbers:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number, socket_timeout=5)
+        if client.dbsize() == 0:
+            client.flushdb()
+            return client, number
+        client.close()
+    pytest.fail("no empty Redis database among 1..15 for the service tests")
+
+
+@pytest.fixture(scope="session")
+def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """PostgreSQL + Redis + a celery worker process + a uvicorn API process, all fresh."""
+    import psycopg
+    import redis
+
+    from tsla_cli.serve import migrate
+    from tsla_shared.db import get_engine, session_scope
+    from tsla_shared.tokens import create_token
+
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=5).ping()
+    except (psycopg.OperationalError, redis.exceptions.ConnectionError) as error:
+        pytest.skip(f"PostgreSQL or Redis is not reachable (scripts/services.sh starts them): {error}")
+
+    root = tmp_path_factory.mktemp("pg-stack")
+    suffix = secrets.token_hex(4)
+    db_name = f"tsla_it_{suffix}"
+    queue = f"tsla-it-{suffix}"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}"
+
+    with ExitStack() as cleanup:
+        cleanup.callback(admin.close)
+        admin.execute(f'CREATE DATABASE "{db_name}"')
+        cleanup.callback(admin.execute, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+        migrate(url)
+        token = f"tsla_it_{secrets.token_urlsafe(16)}"
+        with session_scope(url) as session:
+            create_token(session, f"it-{suffix}", token)
+        get_engine(url).dispose()
+
+        broker, broker_db = _pick_redis_db()
+        cleanup.callback(broker.close)
+        cleanup.callback(broker.flushdb)
+
+        env = clean_env(
+            TSLA_DATABASE_URL=url,
+            TSLA_BROKER_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{broker_db}",
+            TSLA_STORAGE_URL=str(root / "storage"),
+            TSLA_HOME=str(root / "home"),
+            TSLA_QUEUE=queue,
+            TSLA_LEASE_SECONDS=LEASE_SECONDS,
+        )
+        worker_log = root / "logs" / "worker.log"
+        worker = start_process(
+            [
+                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                "--pool", "solo", "--concurrency", "1", "--queues", queue,
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "--loglevel", "INFO", "--hostname", f"{queue}@%h",
+            ],
+            env,
+            worker_log,
+        )  # fmt: skip
+        cleanup.callback(stop_process, worker)
+        port = free_port()
+        api = start_process(
+            [
+                sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            ],
+            env,
+            root / "logs" / "api.log",
+        )  # fmt: skip
+        cleanup.callback(stop_process, api)
+
+        base_url = f"http://127.0.0.1:{port}"
+        wait_healthy(base_url, [api, worker], timeout=90)
+
+        def worker_ready() -> bool:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode}")
+            return " ready." in log_tail(worker_log, 100_000)
+
+        wait_for(worker_ready, 120, "the celery worker to be ready", interval=0.3)
+
+        service = Service(base_url, token, root / "home", queue, broker, worker_log)
+        cleanup.callback(service.close)
+        yield service
+
+
+@pytest.fixture(scope="session")
+def main_job(pg_stack: Service) -> dict[str, Any]:
+    """The main TSLA digits job, submitted (not awaited) the first time a test asks for it."""
+    return pg_stack.submit(dict(MAIN_SPEC, name="main-tsla-digits"))
+
+
+@pytest.fixture(scope="session")
+def succeeded_job(pg_stack: Service, main_job: dict[str, Any]) -> dict[str, Any]:
+    job = pg_stack.wait_job(main_job["id"], timeout=300)
+    assert job["state"] == "succeeded", job
+    return job
