@@ -76,7 +76,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
         redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=5).ping()
     except (psycopg.OperationalError, redis.exceptions.ConnectionError) as error:
-        pytest.skip(f"PostgreSQL or Redis is not reachable (scripts/services.sh starts them): {error}")
+        pytest.fail(f"PostgreSQL or Redis is not reachable (scripts/services.sh starts them): {error}")
 
     root = tmp_path_factory.mktemp("pg-stack")
     suffix = secrets.token_hex(4)
