@@ -8,7 +8,7 @@ from api import errors
 from api.deps import reject_unknown_query
 from api.limits import BodySizeLimit
 from api.queue import JobQueue
-from api.routes import checkpoints, jobs, meta, metrics
+from api.routes import checkpoints, events, jobs, meta, metrics
 from tsla_shared.settings import get_settings
 
 
@@ -23,6 +23,6 @@ def create_app() -> FastAPI:
     app.state.queue = JobQueue(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    for module in (jobs, metrics, checkpoints, meta):
+    for module in (jobs, metrics, checkpoints, events, meta):
         app.include_router(module.router)
     return app

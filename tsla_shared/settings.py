@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(6 * 3600, gt=0)
     max_body_bytes: int = Field(1_000_000, gt=0)
     metrics_page_max: int = Field(5000, gt=0)
+    # How often an event stream re-reads the database when no notification arrives.
+    events_poll_seconds: float = Field(1.0, gt=0)
+    events_ping_seconds: float = Field(15.0, gt=0)
     max_active_jobs_per_token: int = Field(20, gt=0, description="queued + running jobs per token (429)")
 
     @property
@@ -56,6 +59,12 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return (self.home / "broker").resolve()
+
+    @property
+    def events_url(self) -> str | None:
+        """Redis for change notifications: the broker when it is Redis, else none (poll)."""
+        url = self.resolved_broker_url
+        return url if url.startswith(("redis://", "rediss://")) else None
 
     @property
     def resolved_storage_url(self) -> str:

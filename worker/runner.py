@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from tsla_core import CheckpointRecord, CheckpointStore, Hooks, MetricRow, train
 from tsla_core.checkpoint import CheckpointError
 from tsla_core.datasets import DatasetError
-from tsla_shared import jobs
+from tsla_shared import events, jobs
 from tsla_shared.db import session_scope
 from tsla_shared.models import Job
 from tsla_shared.settings import Settings, get_settings
@@ -130,6 +130,7 @@ class JobRun:
                 jobs.record_metrics(session, self.job_id, self.attempt, [row.as_dict() for row in rows])
 
         with_retries(write, f"writing epoch {rows[0].epoch} metrics")
+        events.notify(self.settings.events_url, self.job_id, "metrics")
 
     def on_checkpoint(self, record: CheckpointRecord) -> None:
         key = self.storage.key(self.job_id, f"checkpoints/{record.path.name}")
@@ -146,6 +147,7 @@ class JobRun:
                 jobs.record_checkpoint(session, self.job_id, record.public(), key, kept)
 
         with_retries(write, f"recording checkpoint {record.name}")
+        events.notify(self.settings.events_url, self.job_id, "checkpoint")
 
     def hooks(self, heartbeat: Heartbeat) -> Hooks:
         return Hooks(
@@ -202,6 +204,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     if claimed is None:
         return "not claimed"  # a duplicate delivery, a canceled job or another worker's
     spec, attempt = claimed
+    events.notify(settings.events_url, job_id, "state")
 
     storage = Storage(settings.resolved_storage_url)
     run = JobRun(settings, job_id, attempt, storage, Path())
@@ -233,5 +236,6 @@ def end(run: JobRun, worker_id: str, state: str, error: str | None = None) -> st
             return jobs.finish_job(session, run.job_id, worker_id, state, error)
 
     recorded = with_retries(write, f"recording the end of job {run.job_id}")
+    events.notify(run.settings.events_url, run.job_id, "state")
     run.log(f"attempt {run.attempt} ended: {state}" + (f" ({error})" if error else ""))
     return state if recorded else f"{state} (not recorded: lease lost)"

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import CurrentToken, OwnedJob, SessionDep, SettingsDep
 from api.schemas import ERROR_RESPONSES, JobCreate, JobPublic, JobsPublic, Message
-from tsla_shared import jobs
+from tsla_shared import events, jobs
 from tsla_shared.datasets import DATASETS
 from tsla_shared.models import FINISHED_STATES, Job, JobState
 from tsla_shared.settings import Settings
@@ -194,11 +194,12 @@ def get_job(job: OwnedJob) -> Job:
 @router.post(
     "/{job_id}/cancel", response_model=JobPublic, responses={404: {"model": Message}, 409: {"model": Message}}
 )
-def cancel_job(job: OwnedJob, session: SessionDep) -> Job:
+def cancel_job(job: OwnedJob, session: SessionDep, settings: SettingsDep) -> Job:
     """A queued job is canceled at once; a running one stops at its next step (after a
     checkpoint) and then reads `canceled`. A finished job cannot be canceled (409)."""
     if job.state in FINISHED_STATES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} is already {job.state}")
     jobs.request_cancel(session, job.id)
+    events.notify(settings.events_url, job.id, "state")
     session.refresh(job)
     return job
