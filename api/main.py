@@ -7,6 +7,7 @@ from fastapi import Depends, FastAPI
 from api import errors
 from api.deps import reject_unknown_query
 from api.limits import BodySizeLimit
+from api.observability import Observability
 from api.queue import JobQueue
 from api.routes import checkpoints, events, jobs, meta, metrics
 from tsla_shared.settings import get_settings
@@ -21,6 +22,8 @@ def create_app() -> FastAPI:
     )
     settings = get_settings()
     app.state.queue = JobQueue(settings)
+    app.state.observability = Observability(settings)
+    app.middleware("http")(app.state.observability.measure)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     for module in (jobs, metrics, checkpoints, events, meta):

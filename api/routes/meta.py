@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from api.deps import SessionDep, SettingsDep, current_token
@@ -49,3 +51,17 @@ def health(session: SessionDep) -> dict[str, str]:
     """Liveness and database reachability."""
     session.execute(text("SELECT 1"))
     return {"status": "ok"}
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(current_token)],
+    responses={
+        **ERROR_RESPONSES,
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+    },
+    response_class=PlainTextResponse,
+)
+def prometheus_metrics(request: Request) -> PlainTextResponse:
+    """Prometheus metrics: jobs by state, queue depth, epoch durations, images/s, API latency."""
+    return PlainTextResponse(request.app.state.observability.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -119,3 +119,32 @@ def test_cancel_in_each_state(api: Api) -> None:
             session.get(Job, job["id"]).state = final  # type: ignore[union-attr]
         response = api.client.post(f"/jobs/{job['id']}/cancel", headers=headers)
         assert response.status_code == 409 and final in response.json()["detail"]
+
+
+def test_prometheus_metrics_report_jobs_queue_epochs_and_latency(api: Api) -> None:
+    alice = api.new_token("alice")
+    job = submit(api, alice).json()
+    with session_scope(api.database_url) as session:
+        record = session.get(Job, job["id"])
+        assert record is not None
+        record.state = "running"
+    from tsla_shared.jobs import record_metrics
+
+    rows = [{"epoch": e, "split": "train", "name": n, "value": v, "stage": "smooth", "step": 1}
+            for e, (n, v) in enumerate([("epoch_time", 1.5), ("epoch_time", 7.0)])]  # fmt: skip
+    rows.append(
+        {"epoch": 1, "split": "train", "name": "images_per_s", "value": 1234.0, "stage": "smooth", "step": 2}
+    )
+    with session_scope(api.database_url) as session:
+        record_metrics(session, job["id"], 1, rows)
+    submit(api, alice)
+    assert api.client.get("/metrics").status_code == 401
+    text = api.client.get("/metrics", headers=api.as_token(alice)).text
+    assert 'tsla_jobs{state="running"} 1.0' in text
+    assert 'tsla_jobs{state="queued"} 1.0' in text
+    assert "tsla_queue_depth 1.0" in text
+    assert 'tsla_epoch_duration_seconds_bucket{le="2.0"} 1.0' in text
+    assert 'tsla_epoch_duration_seconds_bucket{le="10.0"} 2.0' in text
+    assert "tsla_epoch_duration_seconds_sum 8.5" in text
+    assert f'tsla_job_images_per_second{{job="{job["id"]}"}} 1234.0' in text
+    assert 'tsla_api_request_seconds_count{method="POST",route="/jobs",status="201"} 2.0' in text

@@ -1,0 +1,104 @@
+"""Prometheus metrics at `/metrics` (prometheus-client).
+
+Request latency is measured in this process. Job figures are read from the database at scrape
+time, so every API replica reports the same truth and nothing is lost when one restarts:
+jobs by state, queue depth, the histogram of epoch durations, and images/s of running jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from fastapi import Request, Response
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import and_, case, func, select
+
+from tsla_shared.db import session_factory
+from tsla_shared.models import JOB_STATES, Job
+from tsla_shared.models import Metric as MetricRow
+from tsla_shared.settings import Settings
+
+EPOCH_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class JobsCollector(Collector):
+    def __init__(self, settings: Settings) -> None:
+        self.sessions = session_factory(settings.resolved_database_url)
+
+    def collect(self) -> Iterator[Metric]:
+        with self.sessions() as session:
+            counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            sums = [func.sum(case((MetricRow.value <= bound, 1), else_=0)) for bound in EPOCH_BUCKETS]
+            epoch_row = session.execute(
+                select(func.count(), func.coalesce(func.sum(MetricRow.value), 0.0), *sums).where(
+                    MetricRow.name == "epoch_time"
+                )
+            ).one()
+            latest = (
+                select(MetricRow.job_id, func.max(MetricRow.seq).label("seq"))
+                .join(Job, Job.id == MetricRow.job_id)
+                .where(Job.state == "running", MetricRow.name == "images_per_s")
+                .group_by(MetricRow.job_id)
+                .subquery()
+            )
+            speeds = session.execute(
+                select(MetricRow.job_id, MetricRow.value).join(
+                    latest, and_(MetricRow.job_id == latest.c.job_id, MetricRow.seq == latest.c.seq)
+                )
+            ).all()
+
+        jobs = GaugeMetricFamily("tsla_jobs", "Jobs by state", labels=["state"])
+        for state in JOB_STATES:
+            jobs.add_metric([state], counts.get(state, 0))
+        yield jobs
+        yield GaugeMetricFamily(
+            "tsla_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0)
+        )
+        count, total, *cumulative = epoch_row
+        buckets = [(str(float(b)), int(c or 0)) for b, c in zip(EPOCH_BUCKETS, cumulative, strict=True)]
+        buckets.append(("+Inf", int(count)))
+        yield HistogramMetricFamily(
+            "tsla_epoch_duration_seconds",
+            "Wall time of training epochs",
+            buckets=buckets,
+            sum_value=float(total),
+        )
+        images = GaugeMetricFamily(
+            "tsla_job_images_per_second", "Training images/s of running jobs", labels=["job"]
+        )
+        for job_id, value in speeds:
+            images.add_metric([job_id], value)
+        yield images
+
+
+class Observability:
+    """The app's registry: the request-latency histogram and the job collector."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "tsla_api_request_seconds",
+            "API request latency",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(JobsCollector(settings))
+
+    async def measure(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        # The route template (/jobs/{job_id}), never the raw path: one series per endpoint.
+        template = getattr(route, "path", "unmatched")
+        self.latency.labels(request.method, template, str(response.status_code)).observe(
+            time.perf_counter() - start
+        )
+        return response
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
