@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
@@ -62,6 +62,6 @@ def health(session: SessionDep) -> dict[str, str]:
     },
     response_class=PlainTextResponse,
 )
-def prometheus_metrics(request: Request) -> PlainTextResponse:
+def prometheus_metrics(request: Request) -> Response:
     """Prometheus metrics: jobs by state, queue depth, epoch durations, images/s, API latency."""
     return PlainTextResponse(request.app.state.observability.exposition(), media_type=CONTENT_TYPE_LATEST)
