@@ -58,9 +58,8 @@ def health(session: SessionDep) -> dict[str, str]:
     dependencies=[Depends(current_token)],
     responses={
         **ERROR_RESPONSES,
-        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
     },
-    response_class=PlainTextResponse,
 )
 def prometheus_metrics(request: Request) -> Response:
     """Prometheus metrics: jobs by state, queue depth, epoch durations, images/s, API latency."""
