@@ -58,7 +58,10 @@ def health(session: SessionDep) -> dict[str, str]:
     dependencies=[Depends(current_token)],
     responses={
         **ERROR_RESPONSES,
-        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus text format",
+        },
     },
 )
 def prometheus_metrics(request: Request) -> Response:
