@@ -10,12 +10,16 @@ client.download(job["id"], "best", Path("model.pt"))  # resumes with Range, chec
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx_sse
+from httpx_sse import connect_sse
 
 FINISHED = ("succeeded", "failed", "canceled")
 
@@ -26,6 +30,14 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event: `state`, `metric`, `checkpoint`, `end`; or `reconnecting` (local)."""
+
+    kind: str
+    data: Any
 
 
 class ChecksumError(Exception):
@@ -48,12 +60,7 @@ class TslaClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, f"{response.status_code}: {detail}")
+        raise_for_status(response)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -130,6 +137,39 @@ class TslaClient:
                 continue
             time.sleep(poll)
 
+    def iter_events(self, job_id: str, after: int | None = None, retry_for: float = 300.0) -> Iterator[Event]:
+        """The job's server-sent events until `end`; a dropped connection is reopened with
+        `Last-Event-ID`, so every metric row arrives exactly once. Gives up after `retry_for`
+        seconds without a successful connection."""
+        last_seq = after
+        delay = 0.5
+        failing_since: float | None = None
+        while True:
+            headers = {"Last-Event-ID": str(last_seq)} if last_seq is not None else {}
+            try:
+                with connect_sse(
+                    self.http, "GET", f"/jobs/{job_id}/events", headers=headers, timeout=None
+                ) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        raise_for_status(source.response)
+                    failing_since, delay = None, 0.5
+                    for sse in source.iter_sse():
+                        event = Event(sse.event, json.loads(sse.data) if sse.data else None)
+                        if sse.event == "metric":
+                            last_seq = int(sse.id)
+                        yield event
+                        if sse.event == "end":
+                            return
+            except (httpx.TransportError, httpx_sse.SSEError) as error:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > retry_for:
+                    raise ConnectionError(f"lost the event stream of job {job_id}: {error}") from error
+                yield Event("reconnecting", {"error": str(error), "after": last_seq})
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     def logs(self, job_id: str, after: int | None = None) -> dict[str, Any]:
         params = {"after": after} if after is not None else {}
         page: dict[str, Any] = self._json("GET", f"/jobs/{job_id}/logs", params=params)
@@ -153,7 +193,7 @@ class TslaClient:
                 return self.download(job_id, ref, path)
             if response.status_code >= 400:
                 response.read()
-                raise ApiError(response.status_code, f"{response.status_code}: {response.text}")
+                raise_for_status(response)
             expected = response.headers["X-Checkpoint-Sha256"]
             resumed = response.status_code == 206
             with partial.open("ab" if resumed else "wb") as handle:
@@ -178,6 +218,17 @@ class TslaClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.http.base_url} not healthy after {timeout}s")
             time.sleep(0.2)
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """ApiError with the server's one-line `detail` for any 4xx/5xx answer."""
+    if response.status_code < 400:
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    raise ApiError(response.status_code, f"{response.status_code}: {detail}")
 
 
 def sha256_file(path: Path) -> str:

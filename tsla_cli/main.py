@@ -3,6 +3,7 @@
 import typer
 
 from tsla_cli.demo import demo_command
+from tsla_cli.jobs_cmd import COMMANDS
 from tsla_cli.serve import serve_command
 from tsla_cli.token_cmd import app as token_app
 from tsla_core.cli import train_command
@@ -12,6 +13,8 @@ app.command("train")(train_command)
 app.command("serve")(serve_command)
 app.command("demo")(demo_command)
 app.add_typer(token_app, name="token")
+for name, command in COMMANDS.items():
+    app.command(name)(command)
 
 
 @app.callback()

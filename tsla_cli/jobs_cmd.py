@@ -1,0 +1,253 @@
+"""The service from a terminal: submit, jobs, show, watch, cancel, download, logs.
+
+The server and token come from --url/--token or TSLA_URL/TSLA_TOKEN. Exit codes a script can
+use: 0 done (a watched job succeeded), 1 the watched job failed or was canceled, 2 bad input
+(a 4xx the user can fix), 3 server unreachable, 4 bad or missing token, 5 no such job or
+checkpoint, 6 a download did not match its sha256.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tsla_cli.client import ApiError, ChecksumError, TslaClient
+from tsla_shared.spec import METHODS, SpecError, deep_merge, load_spec_file, parse_override
+
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_NOT_FOUND, EXIT_CHECKSUM = 1, 2, 3, 4, 5, 6
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="TSLA_URL", help="server URL")]
+TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="TSLA_TOKEN", help="API token")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@contextmanager
+def connect(url: str, token: str | None) -> Iterator[TslaClient]:
+    """A client; turns transport and HTTP failures into one-line messages and exit codes."""
+    if not token:
+        raise fail("no API token: pass --token or set TSLA_TOKEN (`tsla token create NAME`)", EXIT_AUTH)
+    client = TslaClient(url, token)
+    try:
+        yield client
+    except httpx.TransportError as error:
+        raise fail(f"cannot reach {url}: {error}", EXIT_UNREACHABLE) from None
+    except ConnectionError as error:
+        raise fail(str(error), EXIT_UNREACHABLE) from None
+    except ApiError as error:
+        code = {401: EXIT_AUTH, 404: EXIT_NOT_FOUND}.get(
+            error.status, EXIT_INPUT if error.status < 500 else 1
+        )
+        raise fail(str(error), code) from None
+    except ChecksumError as error:
+        raise fail(str(error), EXIT_CHECKSUM) from None
+    finally:
+        client.close()
+
+
+def build_request(
+    spec_file: Path | None, preset: str | None, overrides: dict[str, Any], assignments: list[str]
+) -> dict[str, Any]:
+    if (spec_file is None) == (preset is None):
+        raise SpecError("give exactly one of SPEC.yaml or --preset NAME")
+    raw: dict[str, Any] = load_spec_file(spec_file) if spec_file is not None else {"preset": preset}
+    raw = deep_merge(raw, overrides)
+    for assignment in assignments:
+        raw = deep_merge(raw, parse_override(assignment))
+    return raw
+
+
+def submit(
+    spec_file: Annotated[
+        Optional[Path], typer.Argument(help="YAML/JSON job spec", show_default=False)
+    ] = None,
+    preset: Annotated[Optional[str], typer.Option(help="start from a named preset")] = None,
+    method: Annotated[Optional[str], typer.Option(help=f"one of {', '.join(METHODS)}")] = None,
+    theta: Annotated[Optional[float], typer.Option()] = None,
+    switch_epoch: Annotated[Optional[int], typer.Option()] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    teacher_job: Annotated[Optional[str], typer.Option(help="id of a succeeded job (-pre methods)")] = None,
+    name: Annotated[Optional[str], typer.Option()] = None,
+    assignments: Annotated[list[str], typer.Option("--set", help="override a field: key.path=value")] = [],  # noqa: B006
+    idempotency_key: Annotated[
+        Optional[str], typer.Option(help="makes a retried submit create one job")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Submit a job; prints its id (alone on stdout, for scripts)."""
+    smoothing: dict[str, Any] = {}
+    for key, value in (("method", method), ("theta", theta), ("switch_epoch", switch_epoch)):
+        if value is not None:
+            smoothing[key] = value
+    if teacher_job is not None:
+        smoothing["teacher"] = {"job": teacher_job}
+    overrides: dict[str, Any] = {"smoothing": smoothing} if smoothing else {}
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    if name is not None:
+        overrides["name"] = name
+    try:
+        body = build_request(spec_file, preset, overrides, assignments)
+    except SpecError as error:
+        raise fail(str(error), EXIT_INPUT) from None
+    with connect(url, token) as client:
+        job = client.submit(body, idempotency_key=idempotency_key)
+    errors.print(f"submitted {job['name']}: {job['method']} on {job['dataset']}, {job['epochs']} epochs")
+    console.print(job["id"])
+
+
+def jobs(
+    state: Annotated[Optional[str], typer.Option(help="only jobs in this state")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List your jobs, newest first."""
+    with connect(url, token) as client:
+        page = client.list(state=state, limit=limit)
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=32)  # whole: scripts and other commands take it
+    for column in ("name", "state", "method", "dataset", "progress", "best top-1", "created"):
+        table.add_column(column)
+    for job in page["items"]:
+        best = f"{job['best_top1']:.2f}%" if job["best_top1"] is not None else "-"
+        table.add_row(
+            job["id"], job["name"], job["state"], job["method"], job["dataset"],
+            f"{job['epochs_done']}/{job['epochs']}", best, job["created_at"][:19].replace("T", " "),
+        )  # fmt: skip
+    console.print(table)
+
+
+def show(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """A job's state, progress, error and checkpoints."""
+    with connect(url, token) as client:
+        job = client.get(job_id)
+        checkpoints = client.checkpoints(job_id)
+    table = Table(title=f"job {job['id']}", show_header=False)
+    shown = ("name", "state", "method", "dataset", "epochs_done", "epochs", "best_top1", "attempt", "error")
+    for key in (*shown, "created_at", "started_at", "finished_at"):
+        table.add_row(key, str(job[key]))
+    table.add_row("checkpoints", ", ".join(c["name"] for c in checkpoints["items"]) or "-")
+    console.print(table)
+
+
+def epoch_summary(rows: dict[str, float]) -> str:
+    parts = []
+    if "train/loss" in rows:
+        parts.append(f"loss {rows['train/loss']:.4f}")
+    if "test/top1" in rows:
+        parts.append(f"top-1 {rows['test/top1']:.2f}%")
+    return "  ".join(parts)
+
+
+def watch(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """Follow a job live until it ends (exit 0 if it succeeds, 1 if not); survives drops."""
+    with connect(url, token) as client:
+        job = client.get(job_id)
+        by_epoch: dict[int, dict[str, float]] = {}
+        final = job
+        columns = (
+            TextColumn("[bold]{task.fields[stage]:<6}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("epochs  {task.fields[summary]}"), TimeElapsedColumn(),
+        )  # fmt: skip
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("train", total=job["epochs"], stage=job["state"], summary="")
+            for event in client.iter_events(job_id):
+                if event.kind == "metric":
+                    row = event.data
+                    rows = by_epoch.setdefault(row["epoch"], {})
+                    rows[f"{row['split']}/{row['name']}"] = row["value"]
+                    progress.update(task, stage=row["stage"], summary=epoch_summary(rows))
+                    if row["name"] == "epoch_time":
+                        progress.update(task, completed=row["epoch"] + 1)
+                elif event.kind in ("state", "end"):
+                    final = event.data
+                    if final["state"] != "running":
+                        progress.update(task, stage=final["state"])
+                elif event.kind == "reconnecting":
+                    errors.print(f"[yellow]connection lost ({event.data['error']}); reconnecting[/yellow]")
+        print_final(final, by_epoch)
+    if final["state"] != "succeeded":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def print_final(job: dict[str, Any], by_epoch: dict[int, dict[str, float]]) -> None:
+    table = Table(title=f"job {job['id']}: {job['state']}" + (f" ({job['error']})" if job["error"] else ""))
+    table.add_column("metric")
+    table.add_column("last epoch", justify="right")
+    if by_epoch:
+        last = by_epoch[max(by_epoch)]
+        for key in sorted(last):
+            table.add_row(key, f"{last[key]:.4g}")
+    if job["best_top1"] is not None:
+        table.add_row("best test top-1", f"{job['best_top1']:.2f}%")
+    console.print(table)
+
+
+def cancel(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """Cancel a job (a running one stops at its next step, after a checkpoint)."""
+    with connect(url, token) as client:
+        job = client.cancel(job_id)
+    console.print(f"{job_id}: {job['state']}" + (" (cancel requested)" if job["state"] == "running" else ""))
+
+
+def download(
+    job_id: str,
+    checkpoint: Annotated[str, typer.Option(help="best, latest or a checkpoint id")] = "best",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="file to write")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Download a checkpoint; resumes a partial download and verifies its sha256."""
+    target = output or Path(f"{job_id}-{checkpoint}.pt")
+    with connect(url, token) as client:
+        sha = client.download(job_id, checkpoint, target)
+    console.print(f"{target}  sha256 {sha} (verified)")
+
+
+def logs(
+    job_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """A job's log lines (attempts, resumes, errors)."""
+    import time
+
+    with connect(url, token) as client:
+        after: int | None = None
+        while True:
+            page = client.logs(job_id, after=after)
+            for line in page["items"]:
+                stamp = line["time"][:19].replace("T", " ")
+                console.print(
+                    f"{stamp}  [{line['attempt']}] {line['level']:<7} {line['message']}", markup=False
+                )
+            after = page["next_after"]
+            if page["has_more"]:
+                continue
+            if not follow or client.get(job_id)["state"] in ("succeeded", "failed", "canceled"):
+                return
+            time.sleep(1)
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "submit": submit, "jobs": jobs, "show": show, "watch": watch,
+    "cancel": cancel, "download": download, "logs": logs,
+}  # fmt: skip
