@@ -58,7 +58,11 @@ class Snapshot:
             ).all()
             checkpoints = session.scalars(
                 select(Checkpoint)
-                .where(Checkpoint.job_id == self.job_id, Checkpoint.id > self.after_checkpoint)
+                .where(
+                    Checkpoint.job_id == self.job_id,
+                    Checkpoint.id > self.after_checkpoint,
+                    Checkpoint.deleted.is_(False),  # pruned ones are gone: GET /checkpoints omits them too
+                )
                 .order_by(Checkpoint.id)
             ).all()
             metric_rows = [MetricPublic.model_validate(r).model_dump(mode="json") for r in rows]
