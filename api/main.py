@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from api import errors
+from api import dashboard, errors
 from api.deps import reject_unknown_query
 from api.limits import BodySizeLimit
 from api.observability import Observability
@@ -28,4 +28,5 @@ def create_app() -> FastAPI:
     errors.install(app)
     for module in (jobs, metrics, checkpoints, events, meta):
         app.include_router(module.router)
+    dashboard.install(app)
     return app

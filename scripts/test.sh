@@ -3,7 +3,7 @@
 # includes integration tests against the local PostgreSQL and Redis (started here if down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/system-packages.sh dataset-fashion-mnist docker-compose
+scripts/system-packages.sh dataset-fashion-mnist docker-compose chromium
 scripts/setup.sh
 scripts/services.sh
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
