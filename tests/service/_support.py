@@ -9,8 +9,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -295,3 +296,292 @@ def check_download(service: Service, job_id: str, ref: str, size: int, sha256: s
     assert cached.status_code == 304
     assert cached.content == b""
     return body
+
+
+def queue_drained(broker: Any, queue: str) -> bool:
+    """Every message on `queue` (a Redis broker database) was delivered and acknowledged."""
+    waiting = sum(broker.llen(key) for key in broker.keys(f"{queue}*") if broker.type(key) == b"list")
+    return waiting == 0 and broker.hlen("unacked") == 0
+
+
+def job_logs(service: Service, job_id: str) -> list[str]:
+    """The messages of all the job's log lines, oldest first."""
+    response = service.http.get(f"/jobs/{job_id}/logs", params={"limit": 5000})
+    assert response.status_code == 200, response.text
+    assert not response.json()["has_more"]
+    return [line["message"] for line in response.json()["items"]]
+
+
+def job_metrics(service: Service, job_id: str) -> list[dict[str, Any]]:
+    """All the job's metric rows, in seq order (one page: a test job has far fewer than 5000)."""
+    response = service.http.get(f"/jobs/{job_id}/metrics", params={"limit": 5000})
+    assert response.status_code == 200, response.text
+    assert not response.json()["has_more"]
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+# --- fault injection: private stacks, broker and database restarts ----------------------------------
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", REDIS_HOST, "--port", str(REDIS_PORT),
+    "--save", "", "--appendonly", "no",
+]  # fmt: skip
+
+
+def pg_execute(
+    url: str, sql: str, params: Sequence[Any] = (), timeout: float = 60.0
+) -> list[tuple[Any, ...]]:
+    """Run one statement on a fresh autocommit connection, waiting out a PostgreSQL restart."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
+                cursor = connection.execute(sql, params)
+                return cursor.fetchall() if cursor.description else []
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def pg_version() -> str:
+    """The PostgreSQL cluster version under /etc/postgresql (the tests use cluster `main`)."""
+    versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(p) for p in v.split(".")])
+    assert versions, "no PostgreSQL cluster under /etc/postgresql"
+    return versions[-1]
+
+
+def restart_postgres(down_for: float = 0.0, timeout: float = 120.0) -> float:
+    """Restart the whole cluster (every connection drops), staying down `down_for` seconds in
+    between; started again also when stopping fails. Returns the seconds until it accepts again."""
+    started = time.monotonic()
+
+    def cluster(action: str) -> None:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main", action],
+            check=True,
+            timeout=timeout,
+            capture_output=True,
+        )
+
+    if down_for <= 0:
+        cluster("restart")
+    else:
+        try:
+            cluster("stop")
+            time.sleep(down_for)
+        finally:
+            cluster("start")
+    wait_for(lambda: bool(pg_execute(PG_ADMIN_URL, "SELECT 1", timeout=5)), 60, "PostgreSQL to accept again")
+    return time.monotonic() - started
+
+
+def redis_up() -> bool:
+    """Redis answers PING (a raw socket: redis-py's own retries would make a refusal take seconds)."""
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis() -> None:
+    """Start the tests' Redis (no persistence) unless it is up; wait until it answers."""
+    if not redis_up():
+        subprocess.run(REDIS_START, check=False, timeout=30, capture_output=True)
+    wait_for(redis_up, 30, "Redis to start", interval=0.2)
+
+
+@contextlib.contextmanager
+def redis_stopped() -> Iterator[None]:
+    """Redis is shut down (`nosave`: every queue and unacked message is lost) inside the block and
+    started again when it ends, also when the block fails."""
+    try:
+        subprocess.run(
+            ["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT), "shutdown", "nosave"],
+            check=False,
+            timeout=30,
+            capture_output=True,
+        )
+        wait_for(lambda: not redis_up(), 30, "Redis to stop", interval=0.2)
+        yield
+    finally:
+        start_redis()
+
+
+def pick_redis_db() -> tuple[Any, int]:
+    """An empty Redis database (1..15), flushed; the caller owns it until it flushes it again."""
+    import random
+
+    import redis
+
+    numbers = list(range(1, 16))
+    random.shuffle(numbers)
+    for number in numbers:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number, socket_timeout=5)
+        if client.dbsize() == 0:
+            client.flushdb()
+            return client, number
+        client.close()
+    raise RuntimeError("no empty Redis database among 1..15")
+
+
+def celery_worker_command(queue: str, hostname: str) -> list[str]:
+    """A real `celery worker` like production's: solo pool, one job at a time."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--pool", "solo", "--concurrency", "1", "--queues", queue,
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--loglevel", "INFO", "--hostname", hostname,
+    ]  # fmt: skip
+
+
+@dataclass
+class Worker:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return log_tail(self.log, 10_000_000)
+
+
+class FaultStack:
+    """A private stack for one fault-injection test: its own PostgreSQL database (migrated with
+    Alembic), empty Redis database, queue, storage folder and uvicorn API process, plus the celery
+    worker processes the test starts (and may kill). Closing it stops every process (whole process
+    groups), flushes the Redis database and drops the PostgreSQL database, also after a failure
+    and after PostgreSQL or Redis were restarted, so nothing outside it is touched.
+
+    Workers run torch with one thread (OMP_NUM_THREADS=1): on a small, shared machine two threads
+    per process make epochs several times slower and far more uneven.
+    """
+
+    def __init__(self, root: Path, lease_seconds: float = 15.0, visibility_timeout: int | None = None):
+        self.root = root
+        self.lease_seconds = lease_seconds
+        self.visibility_timeout = visibility_timeout
+        self.workers: list[Worker] = []
+        self._cleanup = contextlib.ExitStack()
+        self._api_checked = False
+
+    def __enter__(self) -> FaultStack:
+        try:
+            self._start()
+        except BaseException:
+            self._cleanup.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._cleanup.close()
+
+    def _start(self) -> None:
+        import secrets
+
+        from tsla_cli.serve import migrate
+        from tsla_shared.db import get_engine, session_scope
+        from tsla_shared.tokens import create_token
+
+        start_redis()  # a test that failed to restart it must not break the next one
+        suffix = secrets.token_hex(4)
+        self.db_name = f"tsla_fault_{suffix}"
+        self.queue = f"tsla-fault-{suffix}"
+        self.database_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db_name}"
+        self.psycopg_url = f"postgresql://postgres@127.0.0.1:5432/{self.db_name}"
+
+        pg_execute(PG_ADMIN_URL, f'CREATE DATABASE "{self.db_name}"')
+        self._cleanup.callback(
+            pg_execute, PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'
+        )
+        migrate(self.database_url)
+        token = f"tsla_fault_{secrets.token_urlsafe(16)}"
+        with session_scope(self.database_url) as session:
+            create_token(session, f"fault-{suffix}", token)
+        get_engine(self.database_url).dispose()
+
+        broker, self.broker_db = pick_redis_db()
+        self._cleanup.callback(broker.close)
+        self._cleanup.callback(self._flush_broker, broker)
+        self.broker_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{self.broker_db}"
+
+        port = free_port()
+        api = start_process(
+            [
+                sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            ],
+            self.env(),
+            self.root / "logs" / "api.log",
+        )  # fmt: skip
+        self._cleanup.callback(stop_process, api)
+        self.api = api
+        self._service = Service(f"http://127.0.0.1:{port}", token, self.root / "home", self.queue, broker)
+        self._cleanup.callback(self._service.close)
+
+    @staticmethod
+    def _flush_broker(broker: Any) -> None:
+        start_redis()
+        broker.flushdb()
+
+    def env(self, lease_seconds: float | None = None) -> dict[str, str]:
+        extra = {
+            "TSLA_DATABASE_URL": self.database_url,
+            "TSLA_BROKER_URL": self.broker_url,
+            "TSLA_STORAGE_URL": str(self.root / "storage"),
+            "TSLA_HOME": str(self.root / "home"),
+            "TSLA_QUEUE": self.queue,
+            "TSLA_LEASE_SECONDS": str(lease_seconds or self.lease_seconds),
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+        if self.visibility_timeout is not None:
+            extra["TSLA_VISIBILITY_TIMEOUT_SECONDS"] = str(self.visibility_timeout)
+        return clean_env(**extra)
+
+    @property
+    def service(self) -> Service:
+        """The API client, once /healthz answers."""
+        if not self._api_checked:
+            wait_healthy(self._service.base_url, [self.api], timeout=90)
+            self._api_checked = True
+        return self._service
+
+    def start_worker(self, name: str, lease_seconds: float | None = None, wait: bool = True) -> Worker:
+        """A new celery worker process on the stack's queue; by default waits until it is ready."""
+        log = self.root / "logs" / f"worker-{name}.log"
+        process = start_process(
+            celery_worker_command(self.queue, f"{name}.{self.queue}@%h"), self.env(lease_seconds), log
+        )
+        self._cleanup.callback(stop_process, process)
+        worker = Worker(name, process, log)
+        self.workers.append(worker)
+        if wait:
+            self.wait_ready(worker)
+        return worker
+
+    def wait_ready(self, worker: Worker, timeout: float = 120.0) -> None:
+        def ready() -> bool:
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"worker {worker.name} exited with {worker.process.returncode}")
+            return " ready." in worker.text()
+
+        self.service  # noqa: B018 - the API starts meanwhile; wait for it too
+        wait_for(ready, timeout, f"worker {worker.name} to be ready", interval=0.3)
+
+    @staticmethod
+    def kill(worker: Worker) -> None:
+        """SIGKILL the worker's whole process group: no cleanup, no ack, no last database write."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(timeout=30)
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """A query on the stack's own database, straight through psycopg."""
+        return pg_execute(self.psycopg_url, query, params)
