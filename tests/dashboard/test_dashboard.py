@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +22,12 @@ from typing import Any
 import pytest
 
 from tests.service._support import (
-    LOG_FILES,
     MAIN_EPOCHS,
     MAIN_SPEC,
     MAIN_SWITCH,
     REPO_ROOT,
     Service,
-    clean_env,
-    free_port,
-    start_process,
-    stop_process,
-    wait_healthy,
+    embedded_stack,
 )
 
 pytestmark = pytest.mark.integration
@@ -70,24 +63,9 @@ CHART_SERIES = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    root = tmp_path_factory.mktemp("dashboard")
-    home = root / "home"
-    port = free_port()
-    token = f"tsla_ui_{secrets.token_urlsafe(16)}"
-    process = start_process(
-        [sys.executable, "-m", "tsla_cli", "serve", "--home", str(home), "--port", str(port)],
-        # A short lease: the worker sees a cancel within lease/3 = 5 s (as in the PostgreSQL tests).
-        clean_env(TSLA_TOKEN=token, TSLA_LEASE_SECONDS="15"),
-        root / "serve.log",
-    )
-    LOG_FILES.extend([home / "logs" / "worker.out", home / "logs" / "worker.log"])
-    service = Service(f"http://127.0.0.1:{port}", token, home)
-    try:
-        wait_healthy(service.base_url, [process], timeout=120)
+    # A short lease: the worker sees a cancel within lease/3 = 5 s (as in the PostgreSQL tests).
+    with embedded_stack(tmp_path_factory.mktemp("dashboard"), TSLA_LEASE_SECONDS="15") as service:
         yield service
-    finally:
-        service.close()
-        stop_process(process, grace=30)
 
 
 @pytest.fixture(scope="module")

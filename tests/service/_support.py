@@ -6,12 +6,14 @@ import contextlib
 import hashlib
 import itertools
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -585,3 +587,25 @@ class FaultStack:
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         """A query on the stack's own database, straight through psycopg."""
         return pg_execute(self.psycopg_url, query, params)
+
+
+@contextmanager
+def embedded_stack(root: Path, **env: str) -> Iterator[Service]:
+    """`python -m tsla_cli serve` under `root` (its own session: API + a real worker on SQLite and
+    the filesystem broker), token from TSLA_TOKEN; `env` adds TSLA_* settings (e.g. a lease)."""
+    home = root / "home"
+    port = free_port()
+    token = f"tsla_it_{secrets.token_urlsafe(16)}"
+    stack = start_process(
+        [sys.executable, "-m", "tsla_cli", "serve", "--home", str(home), "--port", str(port)],
+        clean_env(TSLA_TOKEN=token, **env),
+        root / "serve.log",
+    )
+    LOG_FILES.extend([home / "logs" / "worker.out", home / "logs" / "worker.log"])  # the worker's own
+    service = Service(f"http://127.0.0.1:{port}", token, home)
+    try:
+        wait_healthy(service.base_url, [stack], timeout=120)
+        yield service
+    finally:
+        service.close()
+        stop_process(stack, grace=30)

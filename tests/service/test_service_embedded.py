@@ -4,8 +4,6 @@ broker and serves the API. No PostgreSQL or Redis involved."""
 
 from __future__ import annotations
 
-import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,18 +13,13 @@ import pytest
 from tsla_cli.client import TslaClient
 
 from ._support import (
-    LOG_FILES,
     MAIN_EPOCHS,
     MAIN_SPEC,
     MAIN_SWITCH,
     Service,
     check_download,
     check_metric_rows,
-    clean_env,
-    free_port,
-    start_process,
-    stop_process,
-    wait_healthy,
+    embedded_stack,
 )
 
 pytestmark = pytest.mark.integration
@@ -34,23 +27,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    root = tmp_path_factory.mktemp("embedded")
-    home = root / "home"
-    port = free_port()
-    token = f"tsla_it_{secrets.token_urlsafe(16)}"
-    stack = start_process(
-        [sys.executable, "-m", "tsla_cli", "serve", "--home", str(home), "--port", str(port)],
-        clean_env(TSLA_TOKEN=token),
-        root / "serve.log",
-    )
-    LOG_FILES.extend([home / "logs" / "worker.out", home / "logs" / "worker.log"])  # the worker's own
-    service = Service(f"http://127.0.0.1:{port}", token, home)
-    try:
-        wait_healthy(service.base_url, [stack], timeout=120)
+    with embedded_stack(tmp_path_factory.mktemp("embedded")) as service:
         yield service
-    finally:
-        service.close()
-        stop_process(stack, grace=30)
 
 
 def test_embedded_main_flow(embedded: Service, tmp_path: Path) -> None:
