@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tsla_cli.client import ApiError, ChecksumError, TslaClient
-from tsla_shared.spec import METHODS, SpecError, deep_merge, load_spec_file, parse_override
+from tsla_shared.spec import METHODS, SpecError, raw_spec_from_cli
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -60,18 +60,6 @@ def connect(url: str, token: str | None) -> Iterator[TslaClient]:
         client.close()
 
 
-def build_request(
-    spec_file: Path | None, preset: str | None, overrides: dict[str, Any], assignments: list[str]
-) -> dict[str, Any]:
-    if (spec_file is None) == (preset is None):
-        raise SpecError("give exactly one of SPEC.yaml or --preset NAME")
-    raw: dict[str, Any] = load_spec_file(spec_file) if spec_file is not None else {"preset": preset}
-    raw = deep_merge(raw, overrides)
-    for assignment in assignments:
-        raw = deep_merge(raw, parse_override(assignment))
-    return raw
-
-
 def submit(
     spec_file: Annotated[
         Optional[Path], typer.Argument(help="YAML/JSON job spec", show_default=False)
@@ -91,19 +79,16 @@ def submit(
     token: TokenOption = None,
 ) -> None:
     """Submit a job; prints its id (alone on stdout, for scripts)."""
-    smoothing: dict[str, Any] = {}
-    for key, value in (("method", method), ("theta", theta), ("switch_epoch", switch_epoch)):
-        if value is not None:
-            smoothing[key] = value
-    if teacher_job is not None:
-        smoothing["teacher"] = {"job": teacher_job}
-    overrides: dict[str, Any] = {"smoothing": smoothing} if smoothing else {}
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    if name is not None:
-        overrides["name"] = name
+    flags = {
+        "smoothing.method": method,
+        "smoothing.theta": theta,
+        "smoothing.switch_epoch": switch_epoch,
+        "smoothing.teacher": {"job": teacher_job} if teacher_job is not None else None,
+        "epochs": epochs,
+        "name": name,
+    }
     try:
-        body = build_request(spec_file, preset, overrides, assignments)
+        body = raw_spec_from_cli(spec_file, preset, flags, assignments)
     except SpecError as error:
         raise fail(str(error), EXIT_INPUT) from None
     with connect(url, token) as client:

@@ -9,43 +9,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tsla_shared.spec import (
-    METHODS,
-    RunSpec,
-    SpecError,
-    build_spec,
-    deep_merge,
-    load_spec_file,
-    parse_override,
-)
+from tsla_shared.spec import METHODS, RunSpec, SpecError, build_spec, raw_spec_from_cli
 
 if TYPE_CHECKING:
     from tsla_core.loop import MetricRow
 
 console = Console(highlight=False, soft_wrap=True)
 DEFAULT_DATA_ROOT = Path(os.environ.get("TSLA_DATA_ROOT", "data"))
-
-
-def resolve_cli_spec(
-    preset: str | None,
-    spec_file: Path | None,
-    overrides: dict[str, Any],
-    assignments: list[str],
-) -> RunSpec:
-    """Preset or file, then the named flags, then each `--set key=value`, validated once."""
-    if (preset is None) == (spec_file is None):
-        raise SpecError("give exactly one of --preset NAME or a SPEC file")
-    raw: dict[str, Any] = {"preset": preset} if preset is not None else load_spec_file(spec_file)  # type: ignore[arg-type]
-    raw = deep_merge(raw, overrides)
-    for assignment in assignments:
-        raw = deep_merge(raw, parse_override(assignment))
-    return build_spec(raw)
 
 
 def progress_line(rows: list[MetricRow], epochs: int) -> str:
@@ -98,22 +74,16 @@ def train_command(
     ] = DEFAULT_DATA_ROOT,
 ) -> None:
     """Train a TSLA run on this machine, without the service."""
-    smoothing: dict[str, Any] = {}
-    if method is not None:
-        smoothing["method"] = method
-    if theta is not None:
-        smoothing["theta"] = theta
-    if switch_epoch is not None:
-        smoothing["switch_epoch"] = switch_epoch
-    if teacher is not None:
-        smoothing["teacher"] = {"path": str(teacher)}
-    overrides: dict[str, Any] = {"smoothing": smoothing} if smoothing else {}
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    if seed is not None:
-        overrides["seed"] = seed
+    flags = {
+        "smoothing.method": method,
+        "smoothing.theta": theta,
+        "smoothing.switch_epoch": switch_epoch,
+        "smoothing.teacher": {"path": str(teacher)} if teacher is not None else None,
+        "epochs": epochs,
+        "seed": seed,
+    }
     try:
-        spec = resolve_cli_spec(preset, spec_file, overrides, assignments)
+        spec = build_spec(raw_spec_from_cli(spec_file, preset, flags, assignments))
     except SpecError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None

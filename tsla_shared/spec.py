@@ -214,8 +214,28 @@ def parse_override(assignment: str) -> dict[str, Any]:
     key, sep, text = assignment.partition("=")
     if not sep or not re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", key):
         raise SpecError(f"--set expects key.path=value, got {assignment!r}")
-    value: Any = yaml.safe_load(text) if text else None
-    for part in reversed(key.split(".")):
+    return nested(key, yaml.safe_load(text) if text else None)
+
+
+def raw_spec_from_cli(
+    spec_file: Path | None, preset: str | None, flags: Mapping[str, Any], assignments: list[str]
+) -> dict[str, Any]:
+    """A raw spec from command-line input: a file or a preset, then the named flags (dotted keys,
+    None = not given), then each `--set key=value` in order. Validated later by `build_spec`."""
+    if (spec_file is None) == (preset is None):
+        raise SpecError("give exactly one of a SPEC file or --preset NAME")
+    raw: dict[str, Any] = load_spec_file(spec_file) if spec_file is not None else {"preset": preset}
+    for key, value in flags.items():
+        if value is not None:
+            raw = deep_merge(raw, nested(key, value))
+    for assignment in assignments:
+        raw = deep_merge(raw, parse_override(assignment))
+    return raw
+
+
+def nested(dotted_key: str, value: Any) -> dict[str, Any]:
+    """`nested("a.b", 1)` -> {"a": {"b": 1}}."""
+    for part in reversed(dotted_key.split(".")):
         value = {part: value}
     return value
 
