@@ -8,17 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from tsla_shared.models import Checkpoint, Job, LogLine, Metric
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from tsla_shared.models import Checkpoint, Job, LogLine, Metric, utcnow
 
 
 def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> bool:

@@ -49,6 +49,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -79,9 +83,10 @@ class Job(Base):
     create_response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set once the id is on the queue; NULL means the broker was unreachable and the reaper sends it.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    # Python-side defaults: SQLite's CURRENT_TIMESTAMP has whole-second resolution.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
-        UTCDateTime(), server_default=func.now(), onupdate=func.now()
+        UTCDateTime(), server_default=func.now(), default=utcnow, onupdate=utcnow
     )
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -100,7 +105,8 @@ class ApiToken(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    # Python-side defaults: SQLite's CURRENT_TIMESTAMP has whole-second resolution.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
@@ -118,7 +124,7 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
     stage: Mapped[str] = mapped_column(String(8))
     attempt: Mapped[int] = mapped_column(Integer)
-    time: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
 
     __table_args__ = (
         UniqueConstraint("job_id", "epoch", "split", "name", name="uq_metrics_job_epoch_split_name"),
@@ -141,7 +147,8 @@ class Checkpoint(Base):
     storage_key: Mapped[str] = mapped_column(String(500))
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    # Python-side defaults: SQLite's CURRENT_TIMESTAMP has whole-second resolution.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
 
     __table_args__ = (
         UniqueConstraint("job_id", "name", name="uq_checkpoints_job_name"),
@@ -157,6 +164,6 @@ class LogLine(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     level: Mapped[str] = mapped_column(String(8))
     message: Mapped[str] = mapped_column(Text)
-    time: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
 
     __table_args__ = (Index("ix_logs_job_seq", "job_id", "seq"), {"sqlite_autoincrement": True})

@@ -8,7 +8,6 @@ When a test fails, the tails of the processes' log files are attached to its rep
 
 from __future__ import annotations
 
-import random
 import secrets
 import sys
 from collections.abc import Generator, Iterator
@@ -25,6 +24,7 @@ from ._support import (
     clean_env,
     free_port,
     log_tail,
+    pick_redis_db,
     start_process,
     stop_process,
     wait_for,
@@ -45,21 +45,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and str(item.path).startswith(str(Path(__file__).parent)):
         for log in LOG_FILES:
             report.sections.append((f"process log {log.name} ({log})", log_tail(log)))
-
-
-def _pick_redis_db() -> tuple[Any, int]:
-    """An empty Redis database (1..15), flushed; the test owns it until teardown."""
-    import redis
-
-    numbers = list(range(1, 16))
-    random.shuffle(numbers)
-    for number in numbers:
-        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=number, socket_timeout=5)
-        if client.dbsize() == 0:
-            client.flushdb()
-            return client, number
-        client.close()
-    pytest.fail("no empty Redis database among 1..15 for the service tests")
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +80,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             create_token(session, f"it-{suffix}", token)
         get_engine(url).dispose()
 
-        broker, broker_db = _pick_redis_db()
+        broker, broker_db = pick_redis_db()
         cleanup.callback(broker.close)
         cleanup.callback(broker.flushdb)
 

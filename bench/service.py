@@ -1,0 +1,1058 @@
+"""Service-level benchmarks against real processes, measured side by side in one run.
+
+    .venv/bin/python bench/service.py [--only a,b,c] [--quick] [--runs N] [--requests N] [--pairs N]
+                                      [--redis-db N]
+
+Everything runs against processes this script starts and stops itself:
+
+  postgres stack  a fresh PostgreSQL database `tsla_bench_<random>` (created on 127.0.0.1:5432 from db
+                  `test`, migrated with `tsla_cli.serve.migrate`, dropped WITH (FORCE) at the end),
+                  Redis db 15 (--redis-db; tests use 1..14) as the broker (flushed before and after), a real
+                  `celery -A worker.celery_app worker --pool solo` on a unique queue and a real
+                  `uvicorn api.main:create_app --factory` on a free port; TSLA_HOME and the
+                  checkpoints in a temporary folder.
+  embedded stack  `python -m tsla_cli serve --home <tmp> --port <free>` (SQLite + the filesystem broker
+                  + its own worker process), only for (a).
+
+Every process runs in its own session and is killed at the end, also on errors, Ctrl-C and SIGTERM.
+The API wants a bearer token: the script registers a random one in the database
+(`tsla_shared.tokens.ensure_token`) or hands it to `tsla serve` as $TSLA_TOKEN. Submissions carry an
+Idempotency-Key, and API calls outside the timed ones are retried on 5xx and connection errors for up
+to a minute (a shared machine's tests restart PostgreSQL and Redis); each such error is printed and
+counted, and a restart of PostgreSQL or Redis during the run is reported next to the summary.
+
+(a) submit -> running latency with an idle worker (goal: <= 1 s).
+    One warm-up job (not counted), then N jobs (default 10, --quick 3) of
+    `{"preset": "digits", "epochs": 1, "smoothing": {"method": "lsr"}}` (the preset's TSLA switch at
+    epoch 6 does not fit in one epoch: 422), one at a time: POST, poll GET /jobs/{id} every 20 ms
+    until the job leaves `queued`, wait until it finishes and 0.5 s more, so the worker is idle again
+    before the next POST. Two numbers per job:
+      server  `started_at - created_at` as stored: created_at is the database's now() (PostgreSQL:
+              the start of the request's transaction, which begins with the token lookup),
+              started_at the worker's clock at its claim UPDATE; so it covers handling the POST,
+              commit, enqueue, broker delivery and the claim. SQLite's now() has 1 s resolution (a
+              note says so when every created_at is a whole second): there the server figure
+              overstates by up to 1 s and the client one is the measurement.
+      client  from the POST response arriving to the first GET that shows `running` (includes up to
+              one 20 ms poll interval plus a GET; near 0 when the worker claimed the job before the
+              POST's response was sent).
+    Reported: median / p90 (nearest rank) / max per stack, and the warm-up job's two figures.
+
+(b) metrics page latency, 1k vs 1M metric rows (goal: large/small <= 1.5).
+    Two `succeeded` job rows owned by the bench's token are inserted directly, with 1,000,000 and then
+    1,000 metric rows, each set by one INSERT ... SELECT FROM generate_series (9 metrics per epoch, the
+    names the core writes, so `top1` is 2 of every 9 rows; the small job's seqs all follow the large
+    job's), then VACUUM (ANALYZE), so neither stale statistics nor an autovacuum skew the timings.
+    Timed through HTTP on one keep-alive connection: GET /jobs/{id}/metrics?after=<seq>&limit=100 with
+    the cursor at the start (after=0), the middle and the end (exactly 100 rows left, so every page
+    holds 100 rows), without and with &name=top1. Per case: 5 warm-up requests, then N (default 50,
+    --quick 30) alternating small and large job; medians in ms, p90s, and the ratio large/small of
+    the medians. The headline is the worst ratio.
+
+(c) training throughput through the worker vs the core alone (goal: service/core >= 0.98).
+    One spec on synthetic data: 8192 train images 32x32, ResNet-18 width 16, 3 epochs, batch 128,
+    TSLA switching at epoch 2, CPU (--quick: 1024 images, 4 epochs). Core alone:
+    `tsla_core.train(build_spec(spec), tmp, Path("data"), Hooks(on_metrics=...))` in a fresh
+    subprocess; service: POST the same spec, wait for `succeeded`, read its `train/images_per_s` rows
+    over HTTP. A run's figure is the median images/s over epochs >= 1 (epoch 0 is warm-up); runs are
+    interleaved core, service, core, service, ... (--pairs, default 2) to spread the machine's noise.
+    Headline: median(service runs) / median(core runs). Next to it, CPU seconds per job (user +
+    system, all threads, the whole job: data, model, epochs, evaluation, checkpoints): the core
+    child's process_time() around train(), and the worker's /proc/PID/stat delta from POST to
+    `succeeded`, which adds the service's own work (claim, metric and checkpoint rows, heartbeat,
+    reaper). Both swing with whatever else runs on the machine (PyTorch's threads spin while they
+    wait for a core, so CPU seconds grow with contention too). Printed under the table: how far
+    apart runs of the same kind are (max/min - 1 of their medians) and the 1-min load average
+    before and after each run; the summary calls the ratio inconclusive when that spread exceeds
+    the 2% the goal allows or the load exceeded the CPU count, as it often does on a shared 2-core
+    machine. On a quiet machine, --pairs 3 or more.
+
+How to read the output: progress lines go to stderr; each section prints its table to stdout when it
+finishes, and the summary at the end puts the headline numbers next to their goals. Everything,
+including each sample, also goes to bench/results/service.json (written on failure too, with what
+was measured). Runtime on 2 quiet cores: --quick about 2 minutes, the default about 5; on a busy
+machine two or three times that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psycopg
+
+T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_PATH = REPO_ROOT / "bench" / "results" / "service.json"
+PG_SERVER = "postgres@127.0.0.1:5432"
+PG_ADMIN = f"postgresql://{PG_SERVER}/test"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+FINISHED = ("succeeded", "failed", "canceled")
+SECTIONS = ("a", "b", "c")
+API_RETRY_S = 60.0  # how long an untimed API call waits out 5xx and connection errors
+
+LATENCY_JOB: dict[str, Any] = {"preset": "digits", "epochs": 1, "smoothing": {"method": "lsr"}}
+LATENCY_POLL_S = 0.02
+LATENCY_SETTLE_S = 0.5  # after a job finishes, so the worker has acked and is idle again
+LATENCY_GOAL_S = 1.0
+
+# (split, name) of the rows one epoch of the core writes.
+EPOCH_METRICS = (
+    ("train", "loss"),
+    ("train", "top1"),
+    ("train", "lr"),
+    ("train", "images_per_s"),
+    ("train", "grad_var"),
+    ("train", "epoch_time"),
+    ("test", "loss"),
+    ("test", "top1"),
+    ("test", "top5"),
+)
+SMALL_ROWS, LARGE_ROWS = 1_000, 1_000_000
+PAGE = 100
+PAGE_WARMUP = 5
+PAGE_RATIO_GOAL = 1.5
+MAX_SPEC_EPOCHS = 10_000  # RunSpec.epochs' upper bound (the 1M-row job has 111,112 epochs of rows)
+
+THROUGHPUT_GOAL = 0.98
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**tsla: str) -> dict[str, str]:
+    """This process's environment without any TSLA_* variable, plus the given ones."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSLA_")}
+    env.update({f"TSLA_{key.upper()}": value for key, value in tsla.items()})
+    return env
+
+
+def parse_time(text: str) -> datetime:
+    """An API timestamp; a naive one is UTC."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """median, p90 (nearest rank) and max."""
+    ordered = sorted(values)
+    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+    return {"median": statistics.median(ordered), "p90": p90, "max": ordered[-1]}
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def new_token() -> str:
+    return f"tsla_bench_{secrets.token_urlsafe(24)}"
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def check(self) -> None:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{tail(self.log_path)}")
+
+
+def spawn(stack: ExitStack, name: str, command: list[str], env: dict[str, str], log_path: Path) -> Proc:
+    """Start `command` in its own session (Ctrl-C stays with us); it is killed when `stack` closes."""
+    with log_path.open("ab") as output:
+        popen = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    proc = Proc(name, popen, log_path)
+    stack.callback(stop, proc)
+    return proc
+
+
+def stop(proc: Proc, grace_s: float = 10.0) -> None:
+    """SIGTERM to the process group, then SIGKILL to whatever is left after `grace_s` (a solo
+    worker in the middle of a task would otherwise finish training first)."""
+    group = proc.popen.pid  # start_new_session: the group id is the leader's pid
+    if proc.popen.poll() is None:
+        signal_group(group, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=grace_s)
+    signal_group(group, signal.SIGKILL)
+    proc.popen.wait()
+
+
+def signal_group(group: int, sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError):  # the group may be gone already
+        os.killpg(group, sig)
+
+
+def wait_worker_ready(proc: Proc, log_path: Path, timeout_s: float = 180.0) -> float:
+    """Seconds until the worker logs `ready.` (Celery's line once it consumes); warns on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if log_path.exists() and " ready." in log_path.read_text(errors="replace"):
+            return time.monotonic() - started
+        proc.check()
+        time.sleep(0.2)
+    log(f"warning: no 'ready.' in {log_path} after {timeout_s}s; the warm-up job will wait for the worker")
+    return timeout_s
+
+
+# --- the API ----------------------------------------------------------------------------------
+
+
+class ApiError(RuntimeError):
+    pass
+
+
+@dataclass
+class Api:
+    """httpx with the bench's token; untimed calls wait out 5xx and connection errors, and each
+    such error is kept in `errors` (the summary counts them)."""
+
+    http: httpx.Client
+    errors: list[str] = field(default_factory=list)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + API_RETRY_S
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+                if response.status_code < 500:
+                    if response.status_code >= 400:
+                        raise ApiError(f"{method} {path} -> {response.status_code}: {response.text[:300]}")
+                    return response.json()
+                problem = f"{response.status_code} {response.text[:200]}"
+            except httpx.TransportError as error:
+                problem = f"{type(error).__name__}: {error}"
+            self.note_error(f"{method} {path}: {problem}")
+            if time.monotonic() > deadline:
+                raise ApiError(f"{method} {path} kept failing for {API_RETRY_S:g}s: {problem}")
+            time.sleep(0.5)
+
+    def note_error(self, message: str) -> None:
+        self.errors.append(f"{time.strftime('%H:%M:%S')} {message}")
+        log(f"API error (retrying): {message}")
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Idempotency-Key": secrets.token_hex(16)}  # a retried POST cannot make a second job
+        job: dict[str, Any] = self.call("POST", "/jobs", json=body, headers=headers)
+        return job
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.call("GET", f"/jobs/{job_id}")
+        return job
+
+    def wait_healthy(self, proc: Proc, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            proc.check()
+            with suppress(httpx.HTTPError):
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{proc.name} not healthy after {timeout_s}s:\n{tail(proc.log_path)}")
+            time.sleep(0.2)
+
+
+def make_api(stack: ExitStack, port: int, token: str, errors: list[str]) -> Api:
+    """A client of the API on `port`, closed with `stack`; its retried errors go to `errors`."""
+    headers = {"Authorization": f"Bearer {token}"}
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60)
+    return Api(stack.enter_context(http), errors)
+
+
+# --- the stacks -------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    label: str
+    api: Api
+    procs: list[Proc]
+    conninfo: str | None = None  # psycopg conninfo of the database (postgres stack only)
+    token_id: str | None = None  # the bench token's id, owner of its jobs (postgres stack only)
+    worker_pid: int | None = None  # the solo worker, which runs the task itself (postgres stack only)
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            proc.check()
+
+
+def create_database(stack: ExitStack) -> str:
+    """A fresh database, dropped WITH (FORCE) when `stack` closes; returns its name."""
+    name = f"tsla_bench_{secrets.token_hex(4)}"
+    pg_admin(f"CREATE DATABASE {name}")
+    stack.callback(drop_database, name)
+    return name
+
+
+def drop_database(name: str) -> None:
+    from tsla_shared.db import get_engine
+
+    get_engine(f"postgresql+psycopg://{PG_SERVER}/{name}").dispose()  # this process's pooled connections
+    with_pg_retries(lambda: pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"), "dropping the database")
+    log(f"dropped database {name}")
+
+
+def pg_admin(statement: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(statement)
+
+
+def with_pg_retries(action: Callable[[], T], what: str, timeout_s: float = 120.0) -> T:
+    """`action()`, again after a connection error while PostgreSQL restarts (a shared machine's
+    fault-injection tests restart it); the error itself after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return action()
+        except psycopg.OperationalError as error:
+            if time.monotonic() > deadline:
+                raise
+            log(f"PostgreSQL error while {what} (retrying): {str(error).strip()[:200]}")
+            time.sleep(2)
+
+
+def register_token(database_url: str, token: str) -> str:
+    """Register `token` in the service's database (as `tsla token create` would); returns its id."""
+    from tsla_shared.db import session_scope
+    from tsla_shared.tokens import ensure_token
+
+    with session_scope(database_url) as session:
+        return ensure_token(session, "bench", token).id
+
+
+def flush_redis(db: int, when: str) -> None:
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=5)
+    try:
+        found = client.dbsize()
+        if found and when == "before":
+            log(f"warning: Redis db {db} held {found} keys; flushing them (--redis-db picks another db)")
+        client.flushdb()
+    except redis.RedisError as error:
+        log(f"warning: could not flush Redis db {db} {when} the run: {error}")
+
+
+def start_postgres_stack(stack: ExitStack, tmp: Path, redis_db: int, errors: list[str]) -> Service:
+    """Fresh database + Redis + a celery worker + uvicorn, all real processes."""
+    from tsla_cli.serve import migrate
+
+    database = create_database(stack)
+    url = f"postgresql+psycopg://{PG_SERVER}/{database}"
+    migrate(url)
+    token = new_token()
+    token_id = register_token(url, token)
+    flush_redis(redis_db, "before")
+    stack.callback(flush_redis, redis_db, "after")  # the queue's bindings, once the worker has stopped
+    queue = f"bench-{secrets.token_hex(4)}"
+    home = tmp / "pg-home"
+    home.mkdir()
+    env = clean_env(
+        database_url=url,
+        broker_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
+        queue=queue,
+        storage_url=str(home / "checkpoints"),
+        home=str(home),
+    )
+    worker_command = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+        "--concurrency", "1", "--queues", queue, "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "--loglevel", "INFO",
+    ]  # fmt: skip
+    worker = spawn(stack, "celery worker", worker_command, env, tmp / "worker.log")
+    port = free_port()
+    api_command = [
+        sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
+        "--port", str(port), "--log-level", "info", "--no-access-log",
+    ]  # fmt: skip
+    server = spawn(stack, "uvicorn", api_command, env, tmp / "api.log")
+    api = make_api(stack, port, token, errors)
+    api.wait_healthy(server)
+    ready_s = wait_worker_ready(worker, worker.log_path)
+    log(f"postgres stack up: db {database}, queue {queue}, api :{port}, worker ready after {ready_s:.1f} s")
+    conninfo = f"postgresql://{PG_SERVER}/{database}"
+    return Service("postgres+redis", api, [worker, server], conninfo, token_id, worker.popen.pid)
+
+
+def start_embedded_stack(stack: ExitStack, tmp: Path, errors: list[str]) -> Service:
+    """`tsla serve`: SQLite, the filesystem broker and its own worker, under a temporary home."""
+    home = tmp / "embedded-home"
+    port = free_port()
+    command = [sys.executable, "-m", "tsla_cli", "serve", "--home", str(home), "--port", str(port)]
+    token = new_token()  # `tsla serve` registers $TSLA_TOKEN
+    proc = spawn(stack, "tsla serve", command, clean_env(token=token), tmp / "embedded.log")
+    api = make_api(stack, port, token, errors)
+    api.wait_healthy(proc)
+    ready_s = wait_worker_ready(proc, home / "logs" / "worker.log")
+    log(f"embedded stack up: home {home}, api :{port}, worker ready after {ready_s:.1f} s")
+    return Service("embedded sqlite+fs", api, [proc])
+
+
+def wait_succeeded(service: Service, job_id: str, timeout_s: float, poll_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = service.api.job(job_id)
+        if job["state"] in FINISHED:
+            if job["state"] != "succeeded":
+                raise RuntimeError(f"job {job_id} {job['state']}: {job['error']}")
+            return job
+        service.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {job['state']} after {timeout_s}s")
+        time.sleep(poll_s)
+
+
+def server_identities() -> dict[str, str]:
+    """When PostgreSQL started and Redis's run id: a change means someone restarted it meanwhile."""
+    import redis
+
+    found = {}
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=5) as conn:
+            row = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()
+            found["postgresql"] = str(row[0]) if row else "?"
+    except psycopg.Error as error:
+        found["postgresql"] = f"unreachable: {error}"
+    try:
+        found["redis"] = str(redis.Redis(host=REDIS_HOST, port=REDIS_PORT).info("server")["run_id"])
+    except redis.RedisError as error:
+        found["redis"] = f"unreachable: {error}"
+    return found
+
+
+# --- (a) submit -> running ---------------------------------------------------------------------
+
+
+@dataclass
+class LatencySample:
+    job_id: str
+    server_s: float
+    client_s: float
+    first_seen: str  # the first state seen after `queued` (normally `running`)
+    created_at: str  # as the API returned them
+    started_at: str
+
+
+def first_state_after_queued(service: Service, job_id: str, timeout_s: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state: str = service.api.job(job_id)["state"]
+        if state != "queued":
+            return state
+        if time.monotonic() > deadline:
+            service.check_alive()
+            raise TimeoutError(f"job {job_id} still queued after {timeout_s}s")
+        time.sleep(LATENCY_POLL_S)
+
+
+def one_latency(service: Service) -> LatencySample:
+    job = service.api.submit(LATENCY_JOB)
+    posted = time.perf_counter()
+    state = first_state_after_queued(service, job["id"])
+    client_s = time.perf_counter() - posted
+    final = wait_succeeded(service, job["id"], timeout_s=600, poll_s=0.2)
+    created, started = final["created_at"], final["started_at"]
+    server_s = (parse_time(started) - parse_time(created)).total_seconds()
+    time.sleep(LATENCY_SETTLE_S)
+    return LatencySample(job["id"], server_s, client_s, state, created, started)
+
+
+def whole_seconds(samples: Sequence[LatencySample]) -> bool:
+    """Whether every created_at is a whole second (SQLite's CURRENT_TIMESTAMP has 1 s resolution)."""
+    return all(parse_time(s.created_at).microsecond == 0 for s in samples)
+
+
+def measure_latency(service: Service, runs: int) -> dict[str, Any]:
+    log(f"(a) {service.label}: warm-up job")
+    warmup = one_latency(service)
+    samples = []
+    for index in range(runs):
+        samples.append(one_latency(service))
+        last = samples[-1]
+        log(
+            f"(a) {service.label}: job {index + 1}/{runs}: "
+            f"server {last.server_s:.3f} s, client {last.client_s:.3f} s"
+        )
+    return {
+        "warmup": asdict(warmup),
+        "created_at_whole_seconds": whole_seconds([warmup, *samples]),
+        "samples": [asdict(s) for s in samples],
+        "server_s": summarize([s.server_s for s in samples]),
+        "client_s": summarize([s.client_s for s in samples]),
+    }
+
+
+def print_latency(results: dict[str, dict[str, Any]], runs: int) -> None:
+    print(
+        f"\n(a) submit -> running, idle worker: {runs} jobs per stack after 1 warm-up "
+        f"(goal <= {LATENCY_GOAL_S:g} s)"
+    )
+    print(f"{'':20} {'server: started_at - created_at':>32}   {'client: POST -> seen running':>32}")
+    header = f"{'median':>10} {'p90':>10} {'max':>10}"
+    print(f"{'stack':20} {header}   {header}   warm-up server / client")
+    for label, result in results.items():
+        server, client, warm = result["server_s"], result["client_s"], result["warmup"]
+        print(
+            f"{label:20} {server['median']:10.3f} {server['p90']:10.3f} {server['max']:10.3f}   "
+            f"{client['median']:10.3f} {client['p90']:10.3f} {client['max']:10.3f}   "
+            f"{warm['server_s']:.3f} / {warm['client_s']:.3f} s"
+        )
+        odd = [s["first_seen"] for s in result["samples"] if s["first_seen"] != "running"]
+        if odd:
+            print(f"{'':20} note: {len(odd)} job(s) were first seen {sorted(set(odd))}, not running")
+        if result["created_at_whole_seconds"]:
+            print(
+                f"{'':20} note: every created_at is a whole second (1 s resolution): the server "
+                "figure overstates by up to 1 s, the client one is the measurement"
+            )
+
+
+# --- (b) metrics pages ------------------------------------------------------------------------
+
+
+def vacuum_analyze(conninfo: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) jobs")
+        conn.execute("VACUUM (ANALYZE) metrics")
+
+
+def insert_job_with_metrics(conninfo: str, owner: str, rows: int) -> str:
+    """A succeeded job row of `owner` with `rows` metric rows, 9 per epoch, in one transaction;
+    returns its id."""
+    from tsla_shared.spec import build_spec
+
+    job_id = secrets.token_hex(16)
+    epochs = math.ceil(rows / len(EPOCH_METRICS))
+    spec = build_spec({"preset": "digits", "epochs": min(epochs, MAX_SPEC_EPOCHS)}).model_dump_json()
+    with psycopg.connect(conninfo) as conn:  # commits on leaving the block
+        insert_rows(conn, job_id, owner, rows, epochs, spec)
+    return job_id
+
+
+def insert_rows(
+    conn: psycopg.Connection[Any], job_id: str, owner: str, rows: int, epochs: int, spec: str
+) -> None:
+    conn.execute(
+        "INSERT INTO jobs (id, name, owner, state, spec, method, dataset, epochs, epochs_done) "
+        "VALUES (%s, %s, %s, 'succeeded', %s::json, 'tsla', 'digits', %s, %s)",
+        (job_id, f"bench-{rows}-rows", owner, spec, epochs, epochs),
+    )
+    conn.execute(
+        """
+        INSERT INTO metrics (job_id, epoch, step, split, name, value, stage, attempt)
+        SELECT %(job)s, g / %(k)s, (g / %(k)s + 1) * 12, (%(splits)s::text[])[g %% %(k)s + 1],
+               (%(names)s::text[])[g %% %(k)s + 1], random(),
+               CASE WHEN g / %(k)s < %(switch)s THEN 'smooth' ELSE 'onehot' END, 1
+        FROM generate_series(0, %(rows)s - 1) AS g
+        """,
+        {
+            "job": job_id,
+            "k": len(EPOCH_METRICS),
+            "splits": [split for split, _ in EPOCH_METRICS],
+            "names": [name for _, name in EPOCH_METRICS],
+            "switch": epochs // 2,
+            "rows": rows,
+        },
+    )
+
+
+def seed_metrics(conninfo: str, owner: str) -> tuple[str, str]:
+    """The large job, then the small one (whose rows follow, as for a job started after a long
+    one), inserted, vacuumed and analyzed; returns (small, large) ids."""
+    started = time.perf_counter()
+    large = with_pg_retries(lambda: insert_job_with_metrics(conninfo, owner, LARGE_ROWS), "inserting")
+    small = with_pg_retries(lambda: insert_job_with_metrics(conninfo, owner, SMALL_ROWS), "inserting")
+    inserted = time.perf_counter() - started
+    with_pg_retries(lambda: vacuum_analyze(conninfo), "vacuuming")
+    vacuumed = time.perf_counter() - started - inserted
+    log(
+        f"(b) inserted {LARGE_ROWS:,} + {SMALL_ROWS:,} rows in {inserted:.1f} s, "
+        f"VACUUM (ANALYZE) {vacuumed:.1f} s"
+    )
+    return small, large
+
+
+@dataclass(frozen=True)
+class PageCase:
+    position: str  # start, middle, end
+    name: str | None  # the `name` filter
+
+    @property
+    def label(self) -> str:
+        return self.position + (f" name={self.name}" if self.name else "")
+
+
+PAGE_CASES = tuple(PageCase(p, n) for n in (None, "top1") for p in ("start", "middle", "end"))
+
+
+def cursor_for(conn: psycopg.Connection[Any], job_id: str, case: PageCase) -> int:
+    """`after` that puts the page at the case's position, with at least PAGE rows after it."""
+    where, params = "job_id = %s", [job_id]
+    if case.name is not None:
+        where, params = where + " AND name = %s", [*params, case.name]
+    row = conn.execute(f"SELECT count(*) FROM metrics WHERE {where}", params).fetchone()
+    assert row is not None
+    count = int(row[0])
+    index = {"start": 0, "middle": min(count // 2, count - PAGE), "end": count - PAGE}[case.position]
+    if index <= 0:
+        return 0
+    row = conn.execute(
+        f"SELECT seq FROM metrics WHERE {where} ORDER BY seq OFFSET %s LIMIT 1", [*params, index - 1]
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def timed_page(api: Api, job_id: str, after: int, case: PageCase) -> float:
+    """Seconds for one page of PAGE rows; a failed request is noted and repeated, never timed."""
+    params: dict[str, Any] = {"after": after, "limit": PAGE}
+    if case.name is not None:
+        params["name"] = case.name
+    for _ in range(100):
+        started = time.perf_counter()
+        try:
+            response = api.http.get(f"/jobs/{job_id}/metrics", params=params)
+        except httpx.TransportError as error:
+            api.note_error(f"GET metrics {params}: {type(error).__name__}: {error}")
+            time.sleep(0.5)
+            continue
+        elapsed = time.perf_counter() - started
+        if response.status_code == 200:
+            if len(response.json()["items"]) != PAGE:
+                raise ApiError(f"metrics page {params} of {job_id}: not {PAGE} rows: {response.text[:300]}")
+            return elapsed
+        if response.status_code < 500:
+            raise ApiError(f"metrics page {params} of {job_id}: {response.status_code} {response.text[:300]}")
+        api.note_error(f"GET metrics {params}: {response.status_code} {response.text[:200]}")
+        time.sleep(0.5)
+    raise ApiError(f"metrics page {params} of {job_id} failed 100 times")
+
+
+def measure_case(api: Api, jobs: dict[str, tuple[str, int]], case: PageCase, requests: int) -> dict[str, Any]:
+    """Alternate small and large requests; medians and p90s in ms, and the ratio large/small."""
+    times: dict[str, list[float]] = {size: [] for size in jobs}
+    for index in range(PAGE_WARMUP + requests):
+        for size, (job_id, after) in jobs.items():
+            elapsed = timed_page(api, job_id, after, case)
+            if index >= PAGE_WARMUP:
+                times[size].append(elapsed * 1000)
+    medians = {size: statistics.median(values) for size, values in times.items()}
+    return {
+        "position": case.position,
+        "name": case.name,
+        "after": {size: after for size, (_, after) in jobs.items()},
+        "median_ms": medians,
+        "p90_ms": {size: summarize(values)["p90"] for size, values in times.items()},
+        "ratio": medians["large"] / medians["small"],
+    }
+
+
+def measure_metrics_pages(service: Service, requests: int) -> dict[str, Any]:
+    assert service.conninfo is not None and service.token_id is not None
+    small, large = seed_metrics(service.conninfo, service.token_id)
+    with psycopg.connect(service.conninfo, autocommit=True) as conn:
+        cursors = {
+            case: (cursor_for(conn, small, case), cursor_for(conn, large, case)) for case in PAGE_CASES
+        }
+    cases = []
+    for case in PAGE_CASES:
+        after_small, after_large = cursors[case]
+        jobs = {"small": (small, after_small), "large": (large, after_large)}
+        cases.append(measure_case(service.api, jobs, case, requests))
+        log(f"(b) {case.label}: ratio {cases[-1]['ratio']:.2f}")
+    return {
+        "rows": {"small": SMALL_ROWS, "large": LARGE_ROWS},
+        "requests": requests,
+        "cases": cases,
+        "worst_ratio": max(c["ratio"] for c in cases),
+    }
+
+
+def print_metrics_pages(result: dict[str, Any]) -> None:
+    print(
+        f"\n(b) GET /jobs/{{id}}/metrics?after=..&limit={PAGE}: {SMALL_ROWS:,} vs {LARGE_ROWS:,} rows, "
+        f"median of {result['requests']} requests each (goal: ratio <= {PAGE_RATIO_GOAL})"
+    )
+    print(
+        f"{'cursor':10} {'filter':10} {'small ms':>10} {'large ms':>10} {'ratio':>8}   "
+        f"{'p90 small':>10} {'p90 large':>10}"
+    )
+    for case in result["cases"]:
+        median, p90 = case["median_ms"], case["p90_ms"]
+        name = f"name={case['name']}" if case["name"] else "-"
+        print(
+            f"{case['position']:10} {name:10} {median['small']:10.2f} {median['large']:10.2f} "
+            f"{case['ratio']:8.2f}   {p90['small']:10.2f} {p90['large']:10.2f}"
+        )
+    print(f"worst ratio (headline): {result['worst_ratio']:.2f}")
+
+
+# --- (c) throughput ---------------------------------------------------------------------------
+
+
+def throughput_spec(quick: bool) -> dict[str, Any]:
+    """The (c) spec: 5-10 s per epoch on 2 quiet cores (--quick: about 1 s; far more when busy)."""
+    synthetic = {"num_train": 1024 if quick else 8192, "num_test": 256 if quick else 1024, "image_size": 32}
+    return {
+        "data": {"name": "synthetic", "synthetic": synthetic},
+        "model": {"width": 16},
+        "epochs": 4 if quick else 3,  # --quick: shorter epochs, so one more for the median
+        "batch_size": 128,
+        "smoothing": {"method": "tsla", "switch_epoch": 2},
+        "device": "cpu",
+    }
+
+
+def steady_median(per_epoch: Sequence[float]) -> float:
+    """Median images/s over epochs >= 1 (epoch 0 is warm-up), or epoch 0 alone if that is all."""
+    return statistics.median(per_epoch[1:] or per_epoch)
+
+
+@dataclass
+class ThroughputRun:
+    kind: str  # core or service
+    images_per_s: list[float]  # per epoch, as the core measured it
+    cpu_s: float  # CPU seconds (all threads) of the process running the whole job
+    wall_s: float  # wall seconds of the whole job (data, model, epochs, evaluation, checkpoints)
+    median: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.median = steady_median(self.images_per_s)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process, all its threads (Linux: /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def core_child(spec_path: Path, result_path: Path) -> None:
+    """In the fresh subprocess: train the spec with the core alone, write what it measured."""
+    from tsla_core import Hooks, MetricRow, train
+    from tsla_shared.spec import build_spec
+
+    per_epoch: dict[int, float] = {}
+
+    def on_metrics(rows: list[MetricRow]) -> None:
+        per_epoch.update({r.epoch: r.value for r in rows if r.split == "train" and r.name == "images_per_s"})
+
+    spec = build_spec(json.loads(spec_path.read_text()))
+    cpu, wall = time.process_time(), time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tsla-bench-core-") as out:
+        train(spec, Path(out), Path("data"), Hooks(on_metrics=on_metrics))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    result = ThroughputRun("core", [per_epoch[e] for e in sorted(per_epoch)], cpu, wall)
+    result_path.write_text(json.dumps(asdict(result)))
+
+
+def run_core(stack: ExitStack, tmp: Path, spec: dict[str, Any], index: int) -> ThroughputRun:
+    spec_path, result_path = tmp / "core-spec.json", tmp / f"core-{index}.json"
+    spec_path.write_text(json.dumps(spec))
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--core-child",
+        str(spec_path),
+        str(result_path),
+    ]
+    proc = spawn(stack, "core run", command, clean_env(), tmp / f"core-{index}.log")
+    if proc.popen.wait() != 0:
+        raise RuntimeError(f"core run failed ({proc.popen.returncode}):\n{tail(proc.log_path)}")
+    found = json.loads(result_path.read_text())
+    return ThroughputRun("core", found["images_per_s"], found["cpu_s"], found["wall_s"])
+
+
+def run_service(service: Service, spec: dict[str, Any]) -> ThroughputRun:
+    assert service.worker_pid is not None
+    cpu_before = process_cpu_s(service.worker_pid)
+    job = service.api.submit({"name": "bench-throughput", **spec})
+    final = wait_succeeded(service, job["id"], timeout_s=3600, poll_s=1.0)
+    cpu = process_cpu_s(service.worker_pid) - cpu_before
+    wall = (parse_time(final["finished_at"]) - parse_time(final["started_at"])).total_seconds()
+    page = service.api.call(
+        "GET", f"/jobs/{job['id']}/metrics", params={"name": "images_per_s", "limit": 1000}
+    )
+    rows = sorted((r for r in page["items"] if r["split"] == "train"), key=lambda r: r["epoch"])
+    return ThroughputRun("service", [r["value"] for r in rows], cpu, wall)
+
+
+def measure_throughput(
+    stack: ExitStack, tmp: Path, service: Service, quick: bool, pairs: int
+) -> dict[str, Any]:
+    spec = throughput_spec(quick)
+    runners: dict[str, Callable[[int], ThroughputRun]] = {
+        "core": lambda i: run_core(stack, tmp, spec, i),
+        "service": lambda _i: run_service(service, spec),
+    }
+    runs: list[ThroughputRun] = []
+    loads = [os.getloadavg()[0]]
+    for index in range(pairs):
+        for kind, runner in runners.items():
+            log(f"(c) run {len(runs) + 1}/{2 * pairs}: {kind}")
+            runs.append(runner(index))
+            loads.append(os.getloadavg()[0])
+            log(f"(c) {kind}: {', '.join(f'{v:.0f}' for v in runs[-1].images_per_s)} images/s")
+    medians = {k: [r.median for r in runs if r.kind == k] for k in runners}
+    median = {k: statistics.median(values) for k, values in medians.items()}
+    cpu = {k: statistics.median(r.cpu_s for r in runs if r.kind == k) for k in runners}
+    return {
+        "spec": spec,
+        "runs": [asdict(r) for r in runs],
+        "median": median,
+        "ratio": median["service"] / median["core"],
+        # How far apart runs of the same kind are (max/min - 1): a ratio's distance from 1 below
+        # this is noise. None with one run per kind (--pairs 1).
+        "spread": max(max(v) / min(v) - 1 for v in medians.values()) if pairs > 1 else None,
+        "cpu_s": cpu,
+        "cpu_ratio": cpu["core"] / cpu["service"],
+        "loadavg_1min": loads,
+    }
+
+
+def print_throughput(result: dict[str, Any]) -> None:
+    spec = result["spec"]
+    synthetic = spec["data"]["synthetic"]
+    print(
+        f"\n(c) training images/s, worker vs core alone: synthetic {synthetic['num_train']} images "
+        f"{synthetic['image_size']}px, {spec['epochs']} epochs, batch {spec['batch_size']}; median over "
+        f"epochs >= 1 (goal: service/core >= {THROUGHPUT_GOAL})"
+    )
+    print(f"{'run':4} {'kind':8} {'images/s per epoch':>36} {'median':>9} {'CPU s':>8} {'wall s':>8}")
+    for index, run in enumerate(result["runs"], 1):
+        per_epoch = " ".join(f"{v:8.1f}" for v in run["images_per_s"])
+        print(
+            f"{index:<4} {run['kind']:8} {per_epoch:>36} {run['median']:9.1f} "
+            f"{run['cpu_s']:8.1f} {run['wall_s']:8.1f}"
+        )
+    median, cpu = result["median"], result["cpu_s"]
+    print(
+        f"median of runs: core {median['core']:.1f}, service {median['service']:.1f} images/s; "
+        f"ratio service/core {result['ratio']:.3f}"
+    )
+    print(
+        f"CPU s per job (median): core {cpu['core']:.1f}, service {cpu['service']:.1f}; "
+        f"core/service {result['cpu_ratio']:.3f}"
+    )
+    spread = result["spread"]
+    if spread is not None:
+        print(f"runs of the same kind differ by up to {100 * spread:.0f}% (max/min of their medians)")
+    loads = ", ".join(f"{v:.1f}" for v in result["loadavg_1min"])
+    print(f"1-min load average before and after each run ({os.cpu_count()} CPUs): {loads}")
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "meets goal" if ok else "MISSES goal"
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    print("\nsummary")
+    for label, result in results.get("latency", {}).items():
+        server, client = result["server_s"]["median"], result["client_s"]["median"]
+        worst = max(result["server_s"]["max"], result["client_s"]["max"])
+        ok = client <= LATENCY_GOAL_S and (server <= LATENCY_GOAL_S or result["created_at_whole_seconds"])
+        print(
+            f"  (a) {label:20} submit -> running median: server {server:.3f} s, client {client:.3f} s "
+            f"(max {worst:.3f} s); goal <= {LATENCY_GOAL_S:g} s: {verdict(ok)}"
+        )
+    if "metrics_page" in results:
+        ratio = results["metrics_page"]["worst_ratio"]
+        print(
+            f"  (b) metrics page, 1M vs 1k rows: worst ratio {ratio:.2f}; goal <= {PAGE_RATIO_GOAL}: "
+            f"{verdict(ratio <= PAGE_RATIO_GOAL)}"
+        )
+    if "throughput" in results:
+        throughput = results["throughput"]
+        ratio, spread = throughput["ratio"], throughput["spread"]
+        print(
+            f"  (c) training images/s service/core {ratio:.3f} (CPU s core/service "
+            f"{throughput['cpu_ratio']:.3f}); goal >= {THROUGHPUT_GOAL}: {verdict(ratio >= THROUGHPUT_GOAL)}"
+        )
+        busiest = max(throughput["loadavg_1min"])
+        if spread is None or spread > 1 - THROUGHPUT_GOAL or busiest > (os.cpu_count() or 1):
+            apart = "one run per kind"
+            if spread is not None:
+                apart = f"same-kind runs differ by up to {100 * spread:.0f}%"
+            print(
+                f"      inconclusive: {apart}, load average up to {busiest:.1f} on {os.cpu_count()} CPUs; "
+                "rerun on a quiet machine (--pairs 3+)"
+            )
+    print_disturbances(results)
+
+
+def print_disturbances(results: dict[str, Any]) -> None:
+    before, after = results.get("servers_start", {}), results.get("servers_end", {})
+    restarted = [name for name in before if before[name] != after.get(name)]
+    if restarted:
+        print(f"  WARNING: {' and '.join(restarted)} restarted during the run (not by this script); rerun")
+    errors = results.get("api_errors", [])
+    if errors:
+        print(f"  WARNING: {len(errors)} API call(s) failed and were retried (see api_errors in the JSON)")
+    load = results.get("host_end", {}).get("loadavg")
+    if load:
+        print(
+            f"  load average at the end (1, 5, 15 min): {', '.join(f'{v:.1f}' for v in load)} "
+            f"on {os.cpu_count()} CPUs"
+        )
+
+
+def host_info() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "loadavg": os.getloadavg(), "python": sys.version.split()[0]}
+
+
+@dataclass
+class Options:
+    sections: tuple[str, ...]
+    quick: bool
+    runs: int
+    requests: int
+    pairs: int
+    redis_db: int
+
+
+def run_sections(options: Options, stack: ExitStack, tmp: Path, results: dict[str, Any]) -> None:
+    errors: list[str] = results["api_errors"]
+    service = start_postgres_stack(stack, tmp, options.redis_db, errors)
+    if "a" in options.sections:
+        latency = {service.label: measure_latency(service, options.runs)}
+        with ExitStack() as embedded_stack:
+            embedded = start_embedded_stack(embedded_stack, tmp, errors)
+            latency[embedded.label] = measure_latency(embedded, options.runs)
+        results["latency"] = latency
+        print_latency(latency, options.runs)
+    if "b" in options.sections:
+        results["metrics_page"] = measure_metrics_pages(service, options.requests)
+        print_metrics_pages(results["metrics_page"])
+    if "c" in options.sections:
+        results["throughput"] = measure_throughput(stack, tmp, service, options.quick, options.pairs)
+        print_throughput(results["throughput"])
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every started process is still stopped."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def dump_logs(tmp: Path) -> None:
+    for path in sorted(tmp.glob("*.log")) + sorted(tmp.glob("*/logs/worker.*")):
+        print(f"--- {path.relative_to(tmp)} (last lines)\n{tail(path)}", file=sys.stderr)
+
+
+def write_results(results: dict[str, Any]) -> None:
+    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_PATH.write_text(json.dumps(results, indent=2))
+    print(f"\nresults: {RESULTS_PATH.relative_to(REPO_ROOT)}")
+
+
+def run(options: Options) -> int:
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(),
+        "options": asdict(options),
+        "host_start": host_info(),
+        "servers_start": server_identities(),
+        "completed": False,
+        "api_errors": [],  # filled in as the run goes
+    }
+    try:
+        with sigterm_as_interrupt(), ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tsla-bench-service-")))
+            try:
+                run_sections(options, stack, tmp, results)
+            except Exception:
+                dump_logs(tmp)
+                raise
+        results["completed"] = True
+    finally:
+        results.update(host_end=host_info(), servers_end=server_identities())
+        if results["completed"]:
+            print_summary(results)
+        write_results(results)
+    return 0
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default="a,b,c", help="comma-separated sections to run: a, b, c")
+    parser.add_argument("--quick", action="store_true", help="fewer jobs and requests, a smaller (c) spec")
+    parser.add_argument("--runs", type=int, help="(a) jobs per stack (default 10; --quick 3)")
+    parser.add_argument("--requests", type=int, help="(b) timed requests per case and job (50; --quick 30)")
+    parser.add_argument("--pairs", type=int, default=2, help="(c) core + service run pairs (default 2)")
+    parser.add_argument("--redis-db", type=int, default=15, help="Redis db of the broker, flushed first (15)")
+    args = parser.parse_args(argv)
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    if not sections or set(sections) - set(SECTIONS):
+        parser.error(f"--only takes a comma-separated subset of {','.join(SECTIONS)}")
+    return Options(
+        sections=sections,
+        quick=args.quick,
+        runs=args.runs or (3 if args.quick else 10),
+        requests=args.requests or (30 if args.quick else 50),
+        pairs=args.pairs,
+        redis_db=args.redis_db,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    if argv[:1] == ["--core-child"]:
+        core_child(Path(argv[1]), Path(argv[2]))
+        return 0
+    options = parse_args(argv)
+    try:
+        return run(options)
+    except KeyboardInterrupt:
+        log("interrupted; every process this script started has been stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
