@@ -105,14 +105,11 @@ class Heartbeat(threading.Thread):
 class JobRun:
     """The hooks that persist one attempt's metrics, checkpoints and logs."""
 
-    def __init__(
-        self, settings: Settings, job_id: str, attempt: int, storage: Storage, run_dir: Path
-    ) -> None:
+    def __init__(self, settings: Settings, job_id: str, attempt: int, storage: Storage) -> None:
         self.settings = settings
         self.job_id = job_id
         self.attempt = attempt
         self.storage = storage
-        self.run_dir = run_dir
         self.url = settings.resolved_database_url
 
     def log(self, message: str, level: str = "info") -> None:
@@ -207,14 +204,14 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     events.notify(settings.events_url, job_id, "state")
 
     storage = Storage(settings.resolved_storage_url)
-    run = JobRun(settings, job_id, attempt, storage, Path())
+    run = JobRun(settings, job_id, attempt, storage)
     heartbeat = Heartbeat(settings, job_id, worker_id)
     heartbeat.start()
     try:
         run.log(f"attempt {attempt} started on {worker_id}")
-        run.run_dir = prepare_run_dir(settings, storage, job_id)
+        run_dir = prepare_run_dir(settings, storage, job_id)
         teacher_path = resolve_teacher(settings, storage, spec, job_id)
-        result = train(spec, run.run_dir, settings.data_root, run.hooks(heartbeat), teacher_path)
+        result = train(spec, run_dir, settings.data_root, run.hooks(heartbeat), teacher_path)
     except USER_ERRORS as error:
         return end(run, worker_id, "failed", f"{type(error).__name__}: {error}")
     except Exception as error:
