@@ -96,12 +96,18 @@ class TensorSplit:
         else:
             # Drop the ragged last batch: a batch of one would break BatchNorm's statistics.
             order, stop = torch.randperm(count, generator=generator), count - count % batch_size
-        order = order.to(self.images.device)
+        device = self.images.device
+        order = order.to(device)
+        draws = None
+        if generator is not None and self.augment is not None:
+            # The whole epoch's crops and flips in one copy to the device: no per-step host sync.
+            draws = [t.to(device) for t in draw_augmentation(count, self.augment, generator)]
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
             images = self.images[index]
-            if generator is not None and self.augment is not None:
-                images = augment_batch(images, self.augment, generator)
+            if draws is not None and self.augment is not None:
+                shifts, flips = draws[0][:, start : start + batch_size], draws[1][start : start + batch_size]
+                images = augment_batch(images, self.augment, shifts, flips)
             yield self._normalise(images, channels_last), self.labels[index]
 
     def _normalise(self, images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -110,13 +116,22 @@ class TensorSplit:
         return (images.float() / 255.0 - self.mean) / self.std
 
 
-def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+def draw_augmentation(
+    count: int, augment: Augment, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets (2, count) and flip flags (count,) for `count` images, from the CPU generator
+    (cheap, and the same numbers on any device)."""
+    shifts = torch.randint(0, 2 * augment.pad + 1, (2, count), generator=generator)
+    flips = torch.rand(count, generator=generator) < 0.5
+    return shifts, flips
+
+
+def augment_batch(
+    images: torch.Tensor, augment: Augment, shifts: torch.Tensor, flips: torch.Tensor
+) -> torch.Tensor:
     """Per-image random crop (zero padding) and flip for a whole uint8 NCHW batch at once."""
     n, _, h, w = images.shape
     device = images.device
-    # Draw on the CPU generator (cheap, reproducible on any device), then move the few numbers.
-    shifts = torch.randint(0, 2 * augment.pad + 1, (2, n), generator=generator).to(device)
-    flips = torch.rand(n, generator=generator).to(device) < 0.5
     if augment.pad:
         padded = torch.nn.functional.pad(images, [augment.pad] * 4)
         rows = (shifts[0].view(n, 1) + torch.arange(h, device=device)).view(n, 1, h, 1)

@@ -326,11 +326,13 @@ class Trainer:
             if variance is not None:
                 variance_sum += variance.detach()
                 probes += 1
-        # .item() below is the epoch's one host sync point.
+        # .item() is the epoch's one host sync point: read first, so the clock stops after the
+        # device has really finished the epoch's queued work.
+        loss_total, correct_total = loss_sum.item(), correct.item()
         elapsed = time.perf_counter() - start
         metrics = {
-            "train/loss": loss_sum.item() / max(seen, 1),
-            "train/top1": 100.0 * correct.item() / max(seen, 1),
+            "train/loss": loss_total / max(seen, 1),
+            "train/top1": 100.0 * correct_total / max(seen, 1),
             "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/images_per_s": seen / max(elapsed, 1e-9),
         }

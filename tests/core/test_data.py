@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.conftest import tiny_raw_spec
 from tsla_core import DatasetError, train
-from tsla_core.data import Augment, augment_batch, epoch_generator, load_data
+from tsla_core.data import Augment, augment_batch, draw_augmentation, epoch_generator, load_data
 from tsla_shared.spec import DataSpec, build_spec
 
 CPU = torch.device("cpu")
@@ -18,13 +18,15 @@ CPU = torch.device("cpu")
 
 def test_augment_without_padding_or_flip_is_identity() -> None:
     images = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
-    out = augment_batch(images, Augment(pad=0, flip=False), torch.Generator().manual_seed(0))
+    augment = Augment(pad=0, flip=False)
+    out = augment_batch(images, augment, *draw_augmentation(4, augment, torch.Generator().manual_seed(0)))
     assert torch.equal(out, images)
 
 
 def test_augment_crops_are_shifted_windows_of_the_padded_image() -> None:
     images = torch.arange(2 * 1 * 4 * 4, dtype=torch.uint8).view(2, 1, 4, 4)
-    out = augment_batch(images, Augment(pad=1, flip=False), torch.Generator().manual_seed(3))
+    augment = Augment(pad=1, flip=False)
+    out = augment_batch(images, augment, *draw_augmentation(2, augment, torch.Generator().manual_seed(3)))
     padded = torch.nn.functional.pad(images, [1, 1, 1, 1])
     for i in range(2):
         windows = [padded[i, :, r : r + 4, c : c + 4] for r in range(3) for c in range(3)]
@@ -33,7 +35,8 @@ def test_augment_crops_are_shifted_windows_of_the_padded_image() -> None:
 
 def test_augment_flip_mirrors_whole_images() -> None:
     images = torch.randint(0, 256, (64, 1, 3, 3), dtype=torch.uint8)
-    out = augment_batch(images, Augment(pad=0, flip=True), torch.Generator().manual_seed(1))
+    augment = Augment(pad=0, flip=True)
+    out = augment_batch(images, augment, *draw_augmentation(64, augment, torch.Generator().manual_seed(1)))
     flipped = [torch.equal(out[i], images[i].flip(2)) for i in range(64)]
     kept = [torch.equal(out[i], images[i]) for i in range(64)]
     assert all(f or k for f, k in zip(flipped, kept, strict=True))
