@@ -1,9 +1,11 @@
 """Shared fixtures: tiny specs that train in a second on the CPU."""
 
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 
+from tests.service._support import LOG_FILES, log_tail
 from tsla_shared.spec import RunSpec, build_spec
 
 
@@ -31,3 +33,13 @@ def tiny_raw_spec(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def tiny_spec() -> RunSpec:
     return build_spec(tiny_raw_spec())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """A failed test that ran service processes gets the tails of their logs in its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for log in LOG_FILES:
+            report.sections.append((f"process log {log.name} ({log})", log_tail(log)))

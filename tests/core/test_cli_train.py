@@ -9,6 +9,21 @@ import pytest
 
 from tsla_core import evaluate_checkpoint
 
+# The main job of Part 1, exactly as the issue writes it.
+MAIN_JOB = (
+    "train",
+    "--preset",
+    "digits",
+    "--method",
+    "tsla",
+    "--switch-epoch",
+    "6",
+    "--epochs",
+    "10",
+    "--seed",
+    "0",
+)
+
 
 def tsla(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -23,21 +38,7 @@ def read_metrics(out: Path) -> list[dict]:
 @pytest.mark.slow
 def test_digits_tsla_run_learns_and_switches_at_epoch_6(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    done = tsla(
-        "train",
-        "--preset",
-        "digits",
-        "--method",
-        "tsla",
-        "--switch-epoch",
-        "6",
-        "--epochs",
-        "10",
-        "--seed",
-        "0",
-        "--out",
-        str(out),
-    )
+    done = tsla(*MAIN_JOB, "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "epoch  10/10" in done.stdout
     rows = read_metrics(out)
@@ -51,21 +52,7 @@ def test_digits_tsla_run_learns_and_switches_at_epoch_6(tmp_path: Path) -> None:
     reproduced = evaluate_checkpoint(out / "checkpoints" / "epoch-0009.pt", Path("unused"))
     assert reproduced["test/top1"] == pytest.approx(final["top1"])
 
-    again = tsla(
-        "train",
-        "--preset",
-        "digits",
-        "--method",
-        "tsla",
-        "--switch-epoch",
-        "6",
-        "--epochs",
-        "10",
-        "--seed",
-        "0",
-        "--out",
-        str(out),
-    )
+    again = tsla(*MAIN_JOB, "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert "already complete" in again.stdout
     assert len(read_metrics(out)) == len(rows)

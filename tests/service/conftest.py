@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import secrets
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ._support import (
-    LOG_FILES,
     MAIN_SPEC,
     Service,
     clean_env,
@@ -36,15 +34,6 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 # A short lease makes a cancel reach the training loop within lease/3 = 5 seconds; it stays long
 # enough that a heartbeat delayed by a busy machine does not let the reaper take a job back.
 LEASE_SECONDS = "15"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and str(item.path).startswith(str(Path(__file__).parent)):
-        for log in LOG_FILES:
-            report.sections.append((f"process log {log.name} ({log})", log_tail(log)))
 
 
 @pytest.fixture(scope="session")
