@@ -9,7 +9,6 @@ client.download(job["id"], "best", Path("model.pt"))  # resumes with Range, chec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from typing import Any
 import httpx
 import httpx_sse
 from httpx_sse import connect_sse
+
+from tsla_shared.hashing import sha256_file
 
 FINISHED = ("succeeded", "failed", "canceled")
 
@@ -229,11 +230,3 @@ def raise_for_status(response: httpx.Response) -> None:
     except ValueError:
         detail = response.text
     raise ApiError(response.status_code, f"{response.status_code}: {detail}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from tsla_shared.hashing import sha256_file
+
 FORMAT_VERSION = 1
 
 
@@ -41,14 +43,6 @@ class CheckpointRecord:
         data = asdict(self)
         data["path"] = str(self.path)
         return data
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -25,6 +25,7 @@ import yaml
 
 from tests.service._support import REPO_ROOT, Service, clean_env
 from tsla_cli.client import TslaClient
+from tsla_shared.hashing import sha256_file
 
 from ._stack import FAST, FAST_SET, embedded_stack
 
@@ -92,10 +93,6 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles
         assert needle in lines[0], describe(result)
     assert "Traceback" not in result.stdout + result.stderr
     return lines[0]
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def cancel_quietly(service: Service, job_id: str) -> None:
