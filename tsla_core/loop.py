@@ -20,6 +20,7 @@ from torch import nn
 
 from tsla_core.checkpoint import CheckpointError, CheckpointRecord, CheckpointStore, load_verified
 from tsla_core.data import DataBundle, Split, epoch_generator, load_data
+from tsla_core.fused import fused_enabled
 from tsla_core.loss import smoothed_cross_entropy, teacher_prior
 from tsla_core.models import build_model
 from tsla_shared.spec import RunSpec, ScheduleSpec, Stage
@@ -181,6 +182,8 @@ class Trainer:
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
+        elif spec.channels_last:  # build the fused kernel (a machine's first run) before any epoch
+            self._log(f"batch norm + ReLU: {'fused CPU kernel' if fused_enabled() else 'PyTorch kernels'}")
 
         torch.manual_seed(spec.seed)
         self.data: DataBundle = load_data(spec.data, data_root, self.device)

@@ -1,12 +1,18 @@
 """ResNet-18/34/50 with a CIFAR stem (3x3, stride 1, no max-pool) or the ImageNet stem.
 
 `width` is the channel count of the first stage (64 in He et al.); stages double it. Small
-widths give the CPU-sized models of the `digits` and `fashion-mnist` presets.
+widths give the CPU-sized models of the `digits` and `fashion-mnist` presets. Each batch norm is
+a `BatchNormAct` (tsla_core/fused.py): an nn.BatchNorm2d that also adds the residual and applies
+the ReLU after it, with a fused CPU kernel for training; each convolution a `SmallMapConv2d`
+(tsla_core/small_map_conv.py), an nn.Conv2d with a faster weight gradient on small CPU maps.
+Both keep nn.BatchNorm2d's and nn.Conv2d's state_dict.
 """
 
 import torch
 from torch import nn
 
+from tsla_core.fused import BatchNormAct
+from tsla_core.small_map_conv import SmallMapConv2d
 from tsla_shared.spec import ModelSpec
 
 
@@ -15,16 +21,15 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv1 = SmallMapConv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = BatchNormAct(planes, relu=True)
+        self.conv2 = SmallMapConv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = BatchNormAct(planes, relu=True)  # after the residual is added
         self.shortcut = shortcut(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        out = self.bn1(self.conv1(x))
+        return self.bn2(self.conv2(out), residual=self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -32,26 +37,27 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.conv1 = SmallMapConv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = BatchNormAct(planes, relu=True)
+        self.conv2 = SmallMapConv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = BatchNormAct(planes, relu=True)
+        self.conv3 = SmallMapConv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = BatchNormAct(planes * self.expansion, relu=True)  # after the residual is added
         self.shortcut = shortcut(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = torch.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return torch.relu(out + self.shortcut(x))
+        out = self.bn1(self.conv1(x))
+        out = self.bn2(self.conv2(out))
+        return self.bn3(self.conv3(out), residual=self.shortcut(x))
 
 
 def shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
     """Identity when shapes match, else a strided 1x1 projection."""
     if stride == 1 and in_planes == out_planes:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
+    return nn.Sequential(
+        SmallMapConv2d(in_planes, out_planes, 1, stride, bias=False), BatchNormAct(out_planes, relu=False)
+    )
 
 
 LAYOUTS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
@@ -66,17 +72,15 @@ class ResNet(nn.Module):
         super().__init__()
         block, counts = LAYOUTS[spec.arch]
         width = spec.width
+        # Indices 0 (conv) and 1 (batch norm) keep the state_dict keys of the former stem.
         if spec.stem == "cifar":
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
+                SmallMapConv2d(in_channels, width, 3, 1, 1, bias=False), BatchNormAct(width, relu=True)
             )
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
+                SmallMapConv2d(in_channels, width, 7, 2, 3, bias=False),
+                BatchNormAct(width, relu=True),
                 nn.MaxPool2d(3, 2, 1),
             )
         stages: list[nn.Module] = []
@@ -106,3 +110,11 @@ class ResNet(nn.Module):
 
 def build_model(spec: ModelSpec, num_classes: int, in_channels: int) -> ResNet:
     return ResNet(spec, num_classes, in_channels)
+
+
+def use_custom_kernels(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch the model's custom CPU kernels on or off (off: PyTorch's only); returns the model."""
+    for module in model.modules():
+        if isinstance(module, BatchNormAct | SmallMapConv2d):
+            module.custom_kernels = enabled
+    return model
