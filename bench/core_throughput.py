@@ -5,13 +5,19 @@ CUDA peak is its own):
 
   core            `tsla_core.loop.Trainer(spec, ...).fit()` as the service runs it: uint8 data held
                   on the device, crop/flip of a whole batch at once on the device, channels_last,
-                  precision "auto" (bf16 autocast where the hardware supports it, else fp32).
-  core-fp32       the same with precision "fp32"           (ablation: removes bf16)
-  core-fp32-nchw  the same with fp32 and channels_last off (ablation: removes channels_last too)
+                  precision "auto" (bf16 autocast where the hardware supports it, else fp32), and on
+                  a CPU the custom kernels: batch norm + residual + ReLU fused into one kernel
+                  (`tsla_core/fused.py`) and the weight gradient of convolutions on 4x4 maps as a
+                  forward convolution (`tsla_core/small_map_conv.py`).
+  core-stock      the same with PyTorch's kernels only      (ablation: removes the custom kernels;
+                  run with TSLA_CUSTOM_KERNELS=0; CPU only, as the kernels are)
+  core-fp32       ... and precision "fp32"                  (ablation: removes bf16 too)
+  core-fp32-nchw  ... and channels_last off                 (ablation: removes channels_last too)
   naive           the PyTorch-tutorial way: a `Dataset` that returns PIL images through
                   torchvision.transforms (RandomCrop(size, padding), RandomHorizontalFlip, ToTensor,
                   Normalize), `DataLoader(shuffle=True, drop_last=True, num_workers=--num-workers)`,
-                  fp32, NCHW, `loss.item()` every step.
+                  fp32, NCHW, `loss.item()` every step, PyTorch's kernels only (the same module
+                  tree with `models.use_custom_kernels(model, False)`).
 
 All variants share the spec built by `build_spec({"preset": <dataset>, "epochs": N, ...})`: the model
 class and width (`build_model(spec.model, 10, 1)`, initialised after `torch.manual_seed(spec.seed)`,
@@ -51,15 +57,16 @@ How to read the output:
                 WARNING line then names the rows). On a GPU it says little.
   ratio lines   core / naive speed, and the step-by-step factors: naive -> core-fp32-nchw is the
                 tensor data pipeline (plus fewer host syncs), -> core-fp32 adds channels_last,
-                -> core adds bf16. On a GPU the core also turns on cudnn.benchmark.
+                -> core-stock adds bf16, -> core adds the custom kernels. On a GPU there is no
+                core-stock step, and the core also turns on cudnn.benchmark.
 
 Results go to bench/results/core_throughput.json (also printed).
 
     .venv/bin/python bench/core_throughput.py [--epochs N] [--limit-train N] [--dataset fashion-mnist]
         [--device auto|cpu|cuda] [--num-workers N] [--no-ablation] [--grad-variance]
 
-The default (3 epochs on the first 20000 images, 4 variants) takes about 4 minutes on 2 idle
-cores; `--epochs 2 --limit-train 0` (all 60000 images) about 7 (estimated from the rates).
+The default (3 epochs on the first 20000 images, 5 variants) takes about 7 minutes on 2 idle
+cores; `--epochs 2 --limit-train 0` (all 60000 images) about 13 (estimated from the rates).
 Anything else running on the machine (tests, other training) lowers every number, and unevenly
 (two 2-thread PyTorch processes on 2 cores can each drop to a tenth of their speed): run it on
 an idle machine and check the `cores` column.
@@ -68,6 +75,7 @@ an idle machine and check the `cores` column.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -90,9 +98,10 @@ from torchvision import transforms
 
 from tsla_core.data import AUGMENTS, channel_stats
 from tsla_core.datasets import FASHION_MNIST_DEBIAN_DIR, ArraySplit, read_digits, read_fashion_mnist
+from tsla_core.fused import ENV_SWITCH as CUSTOM_KERNELS_SWITCH
 from tsla_core.loop import Hooks, MetricRow, Trainer, lr_factor, resolve_autocast_dtype, resolve_device
 from tsla_core.loss import smoothed_cross_entropy
-from tsla_core.models import build_model
+from tsla_core.models import build_model, use_custom_kernels
 from tsla_shared.presets import PRESETS
 from tsla_shared.spec import RunSpec, build_spec
 
@@ -110,14 +119,18 @@ class Variant:
     kind: Literal["core", "naive"]
     precision: Literal["auto", "fp32"]
     channels_last: bool
+    custom_kernels: bool  # the core's custom CPU kernels (the naive loop never uses them)
     data: str  # how batches are made, for the table
 
 
-CORE = Variant("core", "core", "auto", True, "tensor")
-CORE_FP32 = Variant("core-fp32", "core", "fp32", True, "tensor")
-CORE_FP32_NCHW = Variant("core-fp32-nchw", "core", "fp32", False, "tensor")
-NAIVE = Variant("naive", "naive", "fp32", False, "PIL+DataLoader")
-VARIANTS = {v.name: v for v in (CORE, CORE_FP32, CORE_FP32_NCHW, NAIVE)}
+CORE = Variant("core", "core", "auto", True, True, "tensor")
+CORE_STOCK = Variant("core-stock", "core", "auto", True, False, "tensor")
+CORE_FP32 = Variant("core-fp32", "core", "fp32", True, False, "tensor")
+CORE_FP32_NCHW = Variant("core-fp32-nchw", "core", "fp32", False, False, "tensor")
+NAIVE = Variant("naive", "naive", "fp32", False, False, "PIL+DataLoader")
+VARIANTS = {v.name: v for v in (CORE, CORE_STOCK, CORE_FP32, CORE_FP32_NCHW, NAIVE)}
+# Each variant adds one thing to the one before it; the summary prints each step's factor.
+CHAIN = ("naive", "core-fp32-nchw", "core-fp32", "core-stock", "core")
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,7 @@ class VariantResult:
     device: str
     precision: str  # resolved: "bf16" or "fp32"
     channels_last: bool
+    custom_kernels: bool  # switched on (they run on a CPU only)
     data: str
     train_images: int
     epoch_images_per_s: list[float]
@@ -330,7 +344,7 @@ def run_naive(spec: RunSpec, config: Config, log: Callable[[str], None]) -> Epoc
     )
     test_loader = DataLoader(PilImages(test_split, test_tf), batch, shuffle=False, num_workers=workers)
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, NUM_CLASSES, IN_CHANNELS).to(device)
+    model = use_custom_kernels(build_model(spec.model, NUM_CLASSES, IN_CHANNELS), False).to(device)
     o = spec.optim
     optimizer = torch.optim.SGD(
         model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
@@ -406,6 +420,7 @@ def run_variant(variant: Variant, config: Config) -> VariantResult:
         device=str(device),
         precision=resolved_precision(spec),
         channels_last=variant.channels_last,
+        custom_kernels=variant.custom_kernels and device.type == "cpu",
         data=variant.data,
         train_images=train_images(config),
         epoch_images_per_s=epochs.rates,
@@ -426,12 +441,20 @@ def run_variant(variant: Variant, config: Config) -> VariantResult:
 
 
 def chosen_variants(config: Config) -> list[Variant]:
-    """core, the ablations (core-fp32 only where "auto" means bf16), then naive."""
+    """core, the ablations that apply here, then naive.
+
+    core-stock only on a CPU (the custom kernels run only there), core-fp32 only where "auto"
+    means bf16.
+    """
     if not config.ablation:
         return [CORE, NAIVE]
-    auto_precision = resolved_precision(make_spec(config, CORE))
-    middle = [CORE_FP32, CORE_FP32_NCHW] if auto_precision == "bf16" else [CORE_FP32_NCHW]
-    return [CORE, *middle, NAIVE]
+    spec = make_spec(config, CORE)
+    middle = []
+    if resolve_device(spec.device).type == "cpu":
+        middle.append(CORE_STOCK)
+    if resolved_precision(spec) == "bf16":
+        middle.append(CORE_FP32)
+    return [CORE, *middle, CORE_FP32_NCHW, NAIVE]
 
 
 def spawn_variant(variant: Variant, config: Config, scratch: Path) -> VariantResult:
@@ -446,8 +469,9 @@ def spawn_variant(variant: Variant, config: Config, scratch: Path) -> VariantRes
         "--child-result",
         str(result_file),
     ]
+    env = {**os.environ, CUSTOM_KERNELS_SWITCH: "1" if variant.custom_kernels else "0"}
     print(f"running {variant.name} ...", file=sys.stderr, flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env=env)
     return VariantResult(**json.loads(result_file.read_text()))
 
 
@@ -458,6 +482,7 @@ def format_table(results: list[VariantResult]) -> str:
         "data",
         "layout",
         "precision",
+        "kernels",
         "images/s",
         "test top-1",
         "peak RSS MiB",
@@ -473,6 +498,7 @@ def format_table(results: list[VariantResult]) -> str:
             r.data,
             "channels_last" if r.channels_last else "NCHW",
             r.precision,
+            "custom" if r.custom_kernels else "pytorch",
             f"{r.images_per_s:.0f}",
             f"{r.test_top1:.2f}",
             f"{r.peak_rss_mib:.0f}",
@@ -485,7 +511,7 @@ def format_table(results: list[VariantResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(
-            cell.rjust(w) if i >= 4 else cell.ljust(w)
+            cell.rjust(w) if i >= 5 else cell.ljust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
@@ -502,21 +528,26 @@ def summary(results: list[VariantResult]) -> dict[str, Any]:
         "speed_ratio_core_over_naive": core.images_per_s / naive.images_per_s,
         "top1_core_minus_naive": core.test_top1 - naive.test_top1,
     }
-    chain = [
-        ("naive", "core-fp32-nchw", "tensor data pipeline"),
-        ("core-fp32-nchw", "core-fp32", "channels_last"),
-        ("core-fp32", "core", "bf16 autocast"),
-    ]
-    steps = {}
-    for before, after, label in chain:
-        if before in by_name and after in by_name:
-            steps[label] = by_name[after].images_per_s / by_name[before].images_per_s
-    if "core-fp32-nchw" in by_name and "core-fp32" not in by_name:
-        steps["channels_last + precision auto (fp32 here)"] = (
-            core.images_per_s / by_name["core-fp32-nchw"].images_per_s
-        )
-    out["step_factors"] = steps
+    chain = [by_name[name] for name in CHAIN if name in by_name]
+    out["step_factors"] = {
+        added_features(before, after): after.images_per_s / before.images_per_s
+        for before, after in itertools.pairwise(chain)
+    }
     return out
+
+
+def added_features(before: VariantResult, after: VariantResult) -> str:
+    """What `after` has that `before` lacks, in words."""
+    added = []
+    if before.data != after.data:
+        added.append("tensor data pipeline")
+    if before.channels_last != after.channels_last:
+        added.append("channels_last")
+    if before.precision != after.precision:
+        added.append(f"{after.precision} autocast")
+    if before.custom_kernels != after.custom_kernels:
+        added.append("custom CPU kernels")
+    return " + ".join(added) or "nothing (same settings)"
 
 
 def format_summary(info: dict[str, Any]) -> str:
