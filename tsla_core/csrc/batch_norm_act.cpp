@@ -188,14 +188,20 @@ void backward_kernel(const T* grad, const T* x, const T* y, T* grad_x, T* grad_r
     b_coef[c] = static_cast<float>(-scale[c] * proj);
     k[c] = static_cast<float>(scale[c] * (mean[c] * proj - mean_g));
   }
-  // Pass 2: the input gradient.
+  // Pass 2: the input gradient. For kAddRelu the masked gradient is read back from
+  // grad_residual (exact: it is grad or 0), one stream instead of grad and y.
   at::parallel_for(0, rows, kBlockRows, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t base = r * channels;
 #pragma omp simd
       for (int64_t c = 0; c < channels; ++c) {
         const float xv = to_float(x[base + c]);
-        const float g = masked_grad<T, A>(grad, y, xv, scale[c], shift[c], base + c);
+        float g;
+        if constexpr (A == Act::kAddRelu) {
+          g = to_float(grad_residual[base + c]);
+        } else {
+          g = masked_grad<T, A>(grad, y, xv, scale[c], shift[c], base + c);
+        }
         store(grad_x + base + c, g * a[c] + xv * b_coef[c] + k[c]);
       }
     }
