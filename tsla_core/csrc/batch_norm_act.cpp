@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <tuple>
@@ -64,6 +65,35 @@ void scale_shift(int64_t channels, const float* weight, const float* bias, const
 // end of a ResNet block).
 enum class Act { kNone, kRelu, kAddRelu };
 
+// Per-channel totals of two quantities over all rows: `add_row(r, first, second)` adds row r's
+// terms to the float accumulators of one block of rows; blocks are summed in double in block
+// order, so the totals do not depend on how blocks were spread over threads.
+template <typename AddRow>
+void channel_sums(int64_t rows, int64_t channels, const AddRow& add_row,
+                  std::vector<double>& first_total, std::vector<double>& second_total) {
+  const int64_t blocks = num_blocks(rows);
+  std::vector<double> first(blocks * channels), second(blocks * channels);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> f(channels), s(channels);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(f.begin(), f.end(), 0.f);
+      std::fill(s.begin(), s.end(), 0.f);
+      const int64_t r_end = std::min(rows, (b + 1) * kBlockRows);
+      for (int64_t r = b * kBlockRows; r < r_end; ++r) add_row(r, f.data(), s.data());
+      std::copy(f.begin(), f.end(), first.begin() + b * channels);
+      std::copy(s.begin(), s.end(), second.begin() + b * channels);
+    }
+  });
+  first_total.assign(channels, 0.0);
+  second_total.assign(channels, 0.0);
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t c = 0; c < channels; ++c) {
+      first_total[c] += first[b * channels + c];
+      second_total[c] += second[b * channels + c];
+    }
+  }
+}
+
 template <typename T, Act A>
 void forward_kernel(const T* x, const T* residual, T* y, int64_t rows, int64_t channels,
                     const float* weight, const float* bias, double eps, float* mean_out,
@@ -72,15 +102,10 @@ void forward_kernel(const T* x, const T* residual, T* y, int64_t rows, int64_t c
   // keeps the variance accurate when the mean is large compared with the spread.
   std::vector<float> pivot(channels);
   for (int64_t c = 0; c < channels; ++c) pivot[c] = to_float(x[c]);
-  const int64_t blocks = num_blocks(rows);
-  std::vector<double> sums(blocks * channels), squares(blocks * channels);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(channels), q(channels);
-    for (int64_t b = begin; b < end; ++b) {
-      std::fill(s.begin(), s.end(), 0.f);
-      std::fill(q.begin(), q.end(), 0.f);
-      const int64_t r_end = std::min(rows, (b + 1) * kBlockRows);
-      for (int64_t r = b * kBlockRows; r < r_end; ++r) {
+  std::vector<double> sums, squares;
+  channel_sums(
+      rows, channels,
+      [&](int64_t r, float* s, float* q) {
         const T* row = x + r * channels;
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {
@@ -88,19 +113,10 @@ void forward_kernel(const T* x, const T* residual, T* y, int64_t rows, int64_t c
           s[c] += d;
           q[c] += d * d;
         }
-      }
-      for (int64_t c = 0; c < channels; ++c) {
-        sums[b * channels + c] = s[c];
-        squares[b * channels + c] = q[c];
-      }
-    }
-  });
+      },
+      sums, squares);
   for (int64_t c = 0; c < channels; ++c) {
-    double s = 0, q = 0;
-    for (int64_t b = 0; b < blocks; ++b) {
-      s += sums[b * channels + c];
-      q += squares[b * channels + c];
-    }
+    const double s = sums[c], q = squares[c];
     const double shifted_mean = s / rows;
     const double var = std::max(q / rows - shifted_mean * shifted_mean, 0.0);
     mean_out[c] = static_cast<float>(pivot[c] + shifted_mean);
@@ -146,15 +162,10 @@ void backward_kernel(const T* grad, const T* x, const T* y, T* grad_x, T* grad_r
   scale_shift(channels, weight, bias, mean, invstd, scale.data(), shift.data());
   // Pass 1: per block, sums of the masked gradient g and of g * (x - mean); for kAddRelu g is
   // also the residual's gradient.
-  const int64_t blocks = num_blocks(rows);
-  std::vector<double> sum_g(blocks * channels), sum_gx(blocks * channels);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(channels), p(channels);
-    for (int64_t b = begin; b < end; ++b) {
-      std::fill(s.begin(), s.end(), 0.f);
-      std::fill(p.begin(), p.end(), 0.f);
-      const int64_t r_end = std::min(rows, (b + 1) * kBlockRows);
-      for (int64_t r = b * kBlockRows; r < r_end; ++r) {
+  std::vector<double> sum_g, sum_gx;
+  channel_sums(
+      rows, channels,
+      [&](int64_t r, float* s, float* p) {
         const int64_t base = r * channels;
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {
@@ -164,27 +175,17 @@ void backward_kernel(const T* grad, const T* x, const T* y, T* grad_x, T* grad_r
           s[c] += g;
           p[c] += g * (xv - mean[c]);
         }
-      }
-      for (int64_t c = 0; c < channels; ++c) {
-        sum_g[b * channels + c] = s[c];
-        sum_gx[b * channels + c] = p[c];
-      }
-    }
-  });
+      },
+      sum_g, sum_gx);
   // grad_x = scale * (g - mean(g) - (x - mean) * invstd^2 * mean(g * (x - mean)))
-  //        = g * a + x * b + k, per channel.
-  std::vector<float> a(channels), b_coef(channels), k(channels);
+  //        = g * scale + x * b + k, per channel.
+  std::vector<float> b_coef(channels), k(channels);
   for (int64_t c = 0; c < channels; ++c) {
-    double sg = 0, sgx = 0;
-    for (int64_t b = 0; b < blocks; ++b) {
-      sg += sum_g[b * channels + c];
-      sgx += sum_gx[b * channels + c];
-    }
+    const double sg = sum_g[c], sgx = sum_gx[c];
     grad_bias[c] = static_cast<float>(sg);
     grad_weight[c] = static_cast<float>(sgx * invstd[c]);
     const double mean_g = sg / rows;
     const double proj = sgx / rows * invstd[c] * invstd[c];
-    a[c] = scale[c];
     b_coef[c] = static_cast<float>(-scale[c] * proj);
     k[c] = static_cast<float>(scale[c] * (mean[c] * proj - mean_g));
   }
@@ -202,7 +203,7 @@ void backward_kernel(const T* grad, const T* x, const T* y, T* grad_x, T* grad_r
         } else {
           g = masked_grad<T, A>(grad, y, xv, scale[c], shift[c], base + c);
         }
-        store(grad_x + base + c, g * a[c] + xv * b_coef[c] + k[c]);
+        store(grad_x + base + c, g * scale[c] + xv * b_coef[c] + k[c]);
       }
     }
   });
