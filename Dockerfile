@@ -20,7 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TSLA_DATA_ROOT=/data
 
 # System layer: the Fashion-MNIST data set ships in the image; g++ compiles the fused batch-norm
-# kernel of CPU training on first use (tsla_core/fused.py; without it CPU training is slower).
+# kernel of CPU training on first use (tsla_core/kernels/; without it CPU training is slower).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends dataset-fashion-mnist g++ \
     && rm -rf /var/lib/apt/lists/*
@@ -44,22 +44,24 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Code layer. The install is quick: every dependency is already there. build/ and the egg-info
-# that setuptools leaves in the source tree are removed. The sources stay in /app as well: alembic
-# needs alembic.ini and migrations/ in the working directory.
-COPY README.md alembic.ini ./
-COPY tsla_shared ./tsla_shared
+# Code layer. The install is quick: every dependency is already there. It is a plain (not
+# editable) install: the migrations ship inside it, so the sources are removed afterwards and
+# every command runs from site-packages, from any working directory.
+COPY README.md ./
+COPY tsla_spec ./tsla_spec
 COPY tsla_core ./tsla_core
+COPY tsla_service ./tsla_service
 COPY tsla_cli ./tsla_cli
 COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install --no-cache-dir . \
-    && rm -rf build ./*.egg-info
+    && cd / && rm -rf /app/*
+WORKDIR /var/lib/tsla
 
 USER tsla
 
 EXPOSE 8000
 
 # The API by default; docker-compose.yml gives each service its command.
-CMD ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]

@@ -5,23 +5,33 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
+from celery import Celery
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from tsla_shared.db import session_factory
-from tsla_shared.models import ApiToken, Job
-from tsla_shared.settings import Settings, get_settings
-from tsla_shared.tokens import authenticate
+from tsla_service.db import session_factory
+from tsla_service.models import ApiToken, Job
+from tsla_service.settings import Settings
+from tsla_service.tokens import authenticate
 
 
-def settings_dep() -> Settings:
-    return get_settings()
+def settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
+
+
+def queue_dep(request: Request) -> Celery:
+    queue: Celery = request.app.state.queue
+    return queue
+
+
+QueueDep = Annotated[Celery, Depends(queue_dep)]
 
 
 def get_db(settings: SettingsDep) -> Iterator[Session]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 
-from tsla_shared.spec import SpecError
+from tsla_service.submit import ActiveJobLimit, IdempotencyConflict
+from tsla_spec.spec import SpecError
 
 
 def describe(errors: list[dict]) -> str:
@@ -27,8 +30,17 @@ async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": describe(errors), "errors": errors})
 
 
-async def spec_error(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": str(exc)})
+def domain_error(status_code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    """A handler answering a domain error with `status_code` and its message as `detail`."""
+
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=status_code, content={"detail": str(exc)})
+
+    return handle
+
+
+# The service's domain errors and the HTTP status each one means.
+DOMAIN_ERRORS: dict[type[Exception], int] = {SpecError: 422, IdempotencyConflict: 409, ActiveJobLimit: 429}
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
@@ -48,5 +60,6 @@ async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(SpecError, spec_error)
+    for error, status_code in DOMAIN_ERRORS.items():
+        app.add_exception_handler(error, domain_error(status_code))
     app.add_exception_handler(405, method_not_allowed)

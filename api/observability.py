@@ -16,10 +16,11 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from sqlalchemy import and_, case, func, select
 
-from tsla_shared.db import session_factory
-from tsla_shared.models import JOB_STATES, Job
-from tsla_shared.models import Metric as MetricRow
-from tsla_shared.settings import Settings
+from tsla_service.db import session_factory
+from tsla_service.models import Job
+from tsla_service.models import Metric as MetricRow
+from tsla_service.settings import Settings
+from tsla_spec.vocabulary import JOB_STATES
 
 EPOCH_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 

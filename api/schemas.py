@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tsla_shared.models import JobState
+from tsla_spec.vocabulary import JobState
 
 
 class JobCreate(BaseModel):

@@ -23,8 +23,8 @@ All variants share the spec built by `build_spec({"preset": <dataset>, "epochs":
 class and width (`build_model(spec.model, 10, 1)`, initialised after `torch.manual_seed(spec.seed)`,
 so the initial weights are identical), batch size, SGD lr/momentum/nesterov/weight decay, the
 per-epoch lr schedule (`lr_factor`), the loss (`smoothed_cross_entropy` with the spec's theta, one-hot
-from the TSLA switch epoch on, via `spec.stage(epoch)`), the crop padding and flip of the data set
-(`tsla_core.data.AUGMENTS`) and the normalisation (per-channel mean/std of the training images, as
+from the TSLA switch epoch on, via `tsla_core.stage_at`), the crop padding and flip of the data set
+(`tsla_core.batches.AUGMENTS`) and the normalisation (per-channel mean/std of the training images, as
 the core computes them). What differs is only how the batches are made and the loop's habits.
 
 The preset's schedule is written for its own epoch count (20 for Fashion-MNIST). For a short run
@@ -96,14 +96,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from tsla_core.data import AUGMENTS, channel_stats
-from tsla_core.datasets import FASHION_MNIST_DEBIAN_DIR, ArraySplit, read_digits, read_fashion_mnist
-from tsla_core.fused import ENV_SWITCH as CUSTOM_KERNELS_SWITCH
-from tsla_core.loop import Hooks, MetricRow, Trainer, lr_factor, resolve_autocast_dtype, resolve_device
-from tsla_core.loss import smoothed_cross_entropy
+from tsla_core.batches import AUGMENTS, channel_stats
+from tsla_core.kernels.batch_norm_act import ENV_SWITCH as CUSTOM_KERNELS_SWITCH
+from tsla_core.loop import Hooks, Trainer, lr_factor, resolve_autocast_dtype, resolve_device
+from tsla_core.loss import smoothed_cross_entropy, stage_at
 from tsla_core.models import build_model, use_custom_kernels
-from tsla_shared.presets import PRESETS
-from tsla_shared.spec import RunSpec, build_spec
+from tsla_core.readers import FASHION_MNIST_DEBIAN_DIR, ArraySplit, read_digits, read_fashion_mnist
+from tsla_spec.presets import PRESETS
+from tsla_spec.records import MetricRow
+from tsla_spec.spec import RunSpec, build_spec
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "core_throughput.json"
 DATASETS = ("fashion-mnist", "digits")
@@ -224,7 +225,7 @@ def write_subset_root(root: Path, limit: int) -> None:
 
 
 def read_splits(dataset: str, data_root: Path) -> tuple[ArraySplit, ArraySplit]:
-    """(train, test) arrays from where the core reads them (see `tsla_core.data.read_arrays`)."""
+    """(train, test) arrays from where the core reads them (see `tsla_core.batches.read_arrays`)."""
     if dataset == "digits":
         return read_digits(train=True), read_digits(train=False)
     folder = data_root / "fashion-mnist"
@@ -354,7 +355,7 @@ def run_naive(spec: RunSpec, config: Config, log: Callable[[str], None]) -> Epoc
     )
     epochs = EpochLog(log)
     for epoch in range(spec.epochs):
-        theta = spec.smoothing.theta if spec.stage(epoch) == "smooth" else 0.0
+        theta = spec.smoothing.theta if stage_at(spec.smoothing, epoch) == "smooth" else 0.0
         rate = naive_train_epoch(model, train_loader, optimizer, theta, device)
         top1 = naive_evaluate(model, test_loader, device)
         scheduler.step()

@@ -16,7 +16,7 @@ Everything runs against processes this script starts and stops itself:
 
 Every process runs in its own session and is killed at the end, also on errors, Ctrl-C and SIGTERM.
 The API wants a bearer token: the script registers a random one in the database
-(`tsla_shared.tokens.ensure_token`) or hands it to `tsla serve` as $TSLA_TOKEN. Submissions carry an
+(`tsla_service.tokens.ensure_token`) or hands it to `tsla serve` as $TSLA_TOKEN. Submissions carry an
 Idempotency-Key, and API calls outside the timed ones are retried on 5xx and connection errors for up
 to a minute (a shared machine's tests restart PostgreSQL and Redis); each such error is printed and
 counted, and a restart of PostgreSQL or Redis during the run is reported next to the summary.
@@ -322,7 +322,7 @@ def create_database(stack: ExitStack) -> str:
 
 
 def drop_database(name: str) -> None:
-    from tsla_shared.db import get_engine
+    from tsla_service.db import get_engine
 
     get_engine(f"postgresql+psycopg://{PG_SERVER}/{name}").dispose()  # this process's pooled connections
     with_pg_retries(lambda: pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"), "dropping the database")
@@ -350,8 +350,8 @@ def with_pg_retries(action: Callable[[], T], what: str, timeout_s: float = 120.0
 
 def register_token(database_url: str, token: str) -> str:
     """Register `token` in the service's database (as `tsla token create` would); returns its id."""
-    from tsla_shared.db import session_scope
-    from tsla_shared.tokens import ensure_token
+    from tsla_service.db import session_scope
+    from tsla_service.tokens import ensure_token
 
     with session_scope(database_url) as session:
         return ensure_token(session, "bench", token).id
@@ -372,11 +372,11 @@ def flush_redis(db: int, when: str) -> None:
 
 def start_postgres_stack(stack: ExitStack, tmp: Path, redis_db: int, errors: list[str]) -> Service:
     """Fresh database + Redis + a celery worker + uvicorn, all real processes."""
-    from tsla_cli.serve import migrate
+    from tsla_service.migrate import upgrade_to_head
 
     database = create_database(stack)
     url = f"postgresql+psycopg://{PG_SERVER}/{database}"
-    migrate(url)
+    upgrade_to_head(url)
     token = new_token()
     token_id = register_token(url, token)
     flush_redis(redis_db, "before")
@@ -556,7 +556,7 @@ def vacuum_analyze(conninfo: str) -> None:
 def insert_job_with_metrics(conninfo: str, owner: str, rows: int) -> str:
     """A succeeded job row of `owner` with `rows` metric rows, 9 per epoch, in one transaction;
     returns its id."""
-    from tsla_shared.spec import build_spec
+    from tsla_spec.spec import build_spec
 
     job_id = secrets.token_hex(16)
     epochs = math.ceil(rows / len(EPOCH_METRICS))
@@ -766,7 +766,7 @@ def process_cpu_s(pid: int) -> float:
 def core_child(spec_path: Path, result_path: Path) -> None:
     """In the fresh subprocess: train the spec with the core alone, write what it measured."""
     from tsla_core import Hooks, MetricRow, train
-    from tsla_shared.spec import build_spec
+    from tsla_spec.spec import build_spec
 
     per_epoch: dict[int, float] = {}
 

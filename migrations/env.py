@@ -2,9 +2,9 @@
 
 from alembic import context
 
-import tsla_shared.models  # noqa: F401  (registers the tables on Base.metadata)
-from tsla_shared.db import Base, get_engine
-from tsla_shared.settings import get_settings
+import tsla_service.models  # noqa: F401  (registers the tables on Base.metadata)
+from tsla_service.db import Base, get_engine
+from tsla_service.settings import get_settings
 
 config = context.config
 url = config.attributes.get("database_url") or get_settings().resolved_database_url

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from tests.service._support import LOG_FILES, log_tail
-from tsla_shared.spec import RunSpec, build_spec
+from tests.integration._support import LOG_FILES, log_tail
+from tsla_spec.spec import RunSpec, build_spec
 
 
 def tiny_raw_spec(**overrides: Any) -> dict[str, Any]:

@@ -20,9 +20,8 @@ import httpx
 import httpx_sse
 from httpx_sse import connect_sse
 
-from tsla_shared.hashing import sha256_file
-
-FINISHED = ("succeeded", "failed", "canceled")
+from tsla_spec.hashing import sha256_file
+from tsla_spec.vocabulary import FINISHED_STATES
 
 
 class ApiError(Exception):
@@ -96,7 +95,7 @@ class TslaClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.get(job_id)
-            if job["state"] in FINISHED:
+            if job["state"] in FINISHED_STATES:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['state']} after {timeout}s")
@@ -128,7 +127,7 @@ class TslaClient:
                 continue
             if not follow:
                 return
-            if self.get(job_id)["state"] in FINISHED:
+            if self.get(job_id)["state"] in FINISHED_STATES:
                 # Rows written just before the end: one more page after the state says finished.
                 final = self.metrics_page(job_id, after=after, name=name)
                 yield from final["items"]

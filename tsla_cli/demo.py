@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,28 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tsla_cli import stack
 from tsla_cli.client import TslaClient
 
 console = Console(highlight=False, soft_wrap=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_stack(home: Path, port: int, token: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "tsla_cli", "serve", "--home", str(home), "--port", str(port)]
-    return subprocess.Popen(command, start_new_session=True, env={**os.environ, "TSLA_TOKEN": token})
-
-
-def stop_stack(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def epoch_line(epoch: int, rows: dict[str, Any], epochs: int) -> str:
@@ -61,11 +39,11 @@ def demo_command(
     switch_epoch: Annotated[int, typer.Option()] = 6,
 ) -> None:
     """Run the main job through the service, end to end, in about a minute."""
-    port = free_port()
+    port = stack.free_port()
     url = f"http://127.0.0.1:{port}"
     console.print(f"starting the embedded stack on {url} (home {home})")
     token = os.environ.get("TSLA_TOKEN") or f"tsla_demo_{secrets.token_urlsafe(16)}"
-    stack = start_stack(home, port, token)
+    server = stack.start_process(stack.serve_command(home, port), {**os.environ, "TSLA_TOKEN": token})
     try:
         with TslaClient(url, token) as client:
             client.wait_until_healthy(timeout=120)
@@ -83,7 +61,7 @@ def demo_command(
             console.print(f"downloaded best checkpoint to {out} (sha256 {sha[:16]}... verified)")
             show_final(client, job["id"], out)
     finally:
-        stop_stack(stack)
+        stack.stop_process(server, grace=30)
 
 
 def follow_metrics(client: TslaClient, job_id: str, epochs: int) -> None:

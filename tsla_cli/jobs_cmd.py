@@ -20,7 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tsla_cli.client import ApiError, ChecksumError, TslaClient
-from tsla_shared.spec import METHODS, SpecError, raw_spec_from_cli
+from tsla_spec.spec import SpecError, raw_spec_from_cli
+from tsla_spec.vocabulary import FINISHED_STATES, METHODS
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -227,7 +228,7 @@ def logs(
             after = page["next_after"]
             if page["has_more"]:
                 continue
-            if not follow or client.get(job_id)["state"] in ("succeeded", "failed", "canceled"):
+            if not follow or client.get(job_id)["state"] in FINISHED_STATES:
                 return
             time.sleep(1)
 

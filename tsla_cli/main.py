@@ -4,7 +4,7 @@ import typer
 
 from tsla_cli.demo import demo_command
 from tsla_cli.jobs_cmd import COMMANDS
-from tsla_cli.serve import serve_command
+from tsla_cli.serve import migrate_command, serve_command
 from tsla_cli.token_cmd import app as token_app
 from tsla_core.cli import train_command
 
@@ -12,6 +12,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="TSLA trainin
 app.command("train")(train_command)
 app.command("serve")(serve_command)
 app.command("demo")(demo_command)
+app.command("migrate")(migrate_command)
 app.add_typer(token_app, name="token")
 for name, command in COMMANDS.items():
     app.command(name)(command)

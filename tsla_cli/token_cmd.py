@@ -5,7 +5,6 @@ Uses the same settings as the server (TSLA_DATABASE_URL, or the SQLite file unde
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,14 +15,13 @@ HomeOption = Annotated[Optional[Path], typer.Option(help="state folder of an emb
 
 
 def database_url(home: Path | None) -> str:
-    from tsla_cli.serve import migrate
-    from tsla_shared.settings import get_settings
+    """The service's database (a home's SQLite file, else the TSLA_* settings'), migrated."""
+    from tsla_service.migrate import upgrade_to_head
+    from tsla_service.settings import Settings, get_settings
 
-    if home is not None:
-        os.environ["TSLA_HOME"] = str(home.resolve())
-    get_settings.cache_clear()
-    url = get_settings().resolved_database_url
-    migrate(url)
+    settings = Settings(home=home.resolve()) if home is not None else get_settings()
+    url = settings.resolved_database_url
+    upgrade_to_head(url)
     return url
 
 
@@ -32,8 +30,8 @@ def create(
     name: Annotated[str, typer.Argument(help="a unique name, e.g. the user's")], home: HomeOption = None
 ) -> None:
     """Create a token and print it (it is shown only this once)."""
-    from tsla_shared.db import session_scope
-    from tsla_shared.tokens import create_token
+    from tsla_service.db import session_scope
+    from tsla_service.tokens import create_token
 
     with session_scope(database_url(home)) as session:
         try:
@@ -49,8 +47,8 @@ def revoke(
     name: Annotated[str, typer.Argument(help="the token's name or id")], home: HomeOption = None
 ) -> None:
     """Revoke a token: it stops working at once; its jobs stay."""
-    from tsla_shared.db import session_scope
-    from tsla_shared.tokens import revoke_token
+    from tsla_service.db import session_scope
+    from tsla_service.tokens import revoke_token
 
     with session_scope(database_url(home)) as session:
         try:
@@ -64,8 +62,8 @@ def revoke(
 @app.command("list")
 def list_command(home: HomeOption = None) -> None:
     """Token names, ids and whether each is active."""
-    from tsla_shared.db import session_scope
-    from tsla_shared.tokens import list_tokens
+    from tsla_service.db import session_scope
+    from tsla_service.tokens import list_tokens
 
     with session_scope(database_url(home)) as session:
         for row in list_tokens(session):

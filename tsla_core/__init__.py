@@ -7,23 +7,25 @@ imported by code that trains.
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tsla_core.checkpoint import CheckpointError, CheckpointRecord, CheckpointStore
-    from tsla_core.datasets import DatasetError
-    from tsla_core.loop import Hooks, MetricRow, Trainer, TrainResult, evaluate_checkpoint, train
-    from tsla_core.loss import smoothed_cross_entropy
+    from tsla_core.checkpoint import CheckpointError, CheckpointStore
+    from tsla_core.loop import Hooks, Trainer, TrainResult, evaluate_checkpoint, train
+    from tsla_core.loss import smoothed_cross_entropy, stage_at
+    from tsla_core.readers import DatasetError
+    from tsla_spec.records import CheckpointRecord, MetricRow
 
 _EXPORTS = {
     "smoothed_cross_entropy": "tsla_core.loss",
+    "stage_at": "tsla_core.loss",
     "train": "tsla_core.loop",
     "Trainer": "tsla_core.loop",
     "Hooks": "tsla_core.loop",
-    "MetricRow": "tsla_core.loop",
+    "MetricRow": "tsla_spec.records",
     "TrainResult": "tsla_core.loop",
     "evaluate_checkpoint": "tsla_core.loop",
     "CheckpointStore": "tsla_core.checkpoint",
-    "CheckpointRecord": "tsla_core.checkpoint",
+    "CheckpointRecord": "tsla_spec.records",
     "CheckpointError": "tsla_core.checkpoint",
-    "DatasetError": "tsla_core.datasets",
+    "DatasetError": "tsla_core.readers",
 }
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Trainer",
     "evaluate_checkpoint",
     "smoothed_cross_entropy",
+    "stage_at",
     "train",
 ]
 

@@ -12,37 +12,22 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tsla_shared.hashing import sha256_file
+from tsla_spec.hashing import sha256_file
+from tsla_spec.records import CheckpointRecord
+
+__all__ = ["CheckpointError", "CheckpointRecord", "CheckpointStore", "load_verified"]
 
 FORMAT_VERSION = 1
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, corrupt or not one of ours; never half-loaded."""
-
-
-@dataclass(frozen=True)
-class CheckpointRecord:
-    """What is known about a checkpoint without reading its data."""
-
-    name: str  # file stem, e.g. "epoch-0007"
-    path: Path
-    epoch: int  # 0-based index of the last epoch whose training the state includes
-    partial: bool  # True when written mid-epoch (a stop); such a state is not resumed
-    sha256: str
-    size: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def public(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["path"] = str(self.path)
-        return data
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -102,7 +87,7 @@ class CheckpointStore:
             metrics=metrics,
         )
         write_atomic(record.path, data)
-        meta = {k: v for k, v in record.public().items() if k != "path"}
+        meta = {k: v for k, v in asdict(record).items() if k != "path"}
         write_atomic(self.folder / f"{name}.json", json.dumps(meta, indent=1).encode())
         self._prune()
         return record
@@ -124,10 +109,6 @@ class CheckpointStore:
         if not complete:
             return None
         return max(reversed(complete), key=lambda r: r.metrics.get("test/top1", float("-inf")))
-
-    def latest(self) -> CheckpointRecord | None:
-        records = self.records()
-        return records[-1] if records else None
 
     def load(self, record: CheckpointRecord) -> dict[str, Any]:
         return load_verified(record.path, record.sha256)

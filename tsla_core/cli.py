@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -15,10 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tsla_shared.spec import METHODS, RunSpec, SpecError, build_spec, raw_spec_from_cli
+from tsla_spec.spec import RunSpec, SpecError, build_spec, raw_spec_from_cli
+from tsla_spec.vocabulary import METHODS
 
 if TYPE_CHECKING:
-    from tsla_core.loop import MetricRow
+    from tsla_spec.records import MetricRow
 
 console = Console(highlight=False, soft_wrap=True)
 DEFAULT_DATA_ROOT = Path(os.environ.get("TSLA_DATA_ROOT", "data"))
@@ -92,14 +94,14 @@ def train_command(
 
 def run(spec: RunSpec, out: Path, data_root: Path) -> None:
     from tsla_core.checkpoint import CheckpointError
-    from tsla_core.datasets import DatasetError
     from tsla_core.loop import Hooks, SpecMismatchError, Trainer
+    from tsla_core.readers import DatasetError
 
     metrics_path = out / "metrics.jsonl"
 
     def on_metrics(rows: list[MetricRow]) -> None:
         with metrics_path.open("a") as handle:
-            handle.writelines(json.dumps(row.as_dict()) + "\n" for row in rows)
+            handle.writelines(json.dumps(asdict(row)) + "\n" for row in rows)
         console.print(progress_line(rows, spec.epochs))
 
     hooks = Hooks(on_metrics=on_metrics, on_log=lambda message: console.print(f"[dim]{message}[/dim]"))

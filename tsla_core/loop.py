@@ -11,32 +11,21 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from tsla_core.batches import DataBundle, Split, epoch_generator, load_data
 from tsla_core.checkpoint import CheckpointError, CheckpointRecord, CheckpointStore, load_verified
-from tsla_core.data import DataBundle, Split, epoch_generator, load_data
-from tsla_core.fused import fused_enabled
-from tsla_core.loss import smoothed_cross_entropy, teacher_prior
+from tsla_core.kernels.batch_norm_act import fused_enabled
+from tsla_core.loss import smoothed_cross_entropy, stage_at, teacher_prior
 from tsla_core.models import build_model
-from tsla_shared.spec import RunSpec, ScheduleSpec, Stage
-
-
-@dataclass(frozen=True)
-class MetricRow:
-    epoch: int  # 0-based
-    split: Literal["train", "test"]
-    name: str
-    value: float
-    stage: Stage
-    step: int  # optimizer steps taken when the row was recorded
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from tsla_spec.records import MetricRow
+from tsla_spec.spec import RunSpec, ScheduleSpec
+from tsla_spec.vocabulary import TEACHER_METHODS, Stage
 
 
 @dataclass
@@ -53,7 +42,6 @@ class Hooks:
 @dataclass
 class TrainResult:
     status: Literal["completed", "stopped"]
-    start_epoch: int  # first epoch this call trained (> 0 after a resume)
     epochs_done: int
     final_metrics: dict[str, float] = field(default_factory=dict)
     best: CheckpointRecord | None = None
@@ -193,7 +181,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda epoch: lr_factor(spec.schedule, spec.epochs, epoch)
         )
-        self.teacher = self._load_teacher(teacher_path) if spec.smoothing.method.endswith("-pre") else None
+        self.teacher = self._load_teacher(teacher_path) if spec.smoothing.method in TEACHER_METHODS else None
         self.store = CheckpointStore(out_dir / "checkpoints", spec.checkpoint.keep_last)
         self.epoch = 0  # next epoch to train
         self.step = 0  # optimizer steps so far
@@ -233,7 +221,7 @@ class Trainer:
             "spec": self.spec.model_dump_json(),
             "epoch": epoch,
             "step": self.step,
-            "stage": self.spec.stage(epoch),
+            "stage": stage_at(self.spec.smoothing, epoch),
             "num_classes": self.data.num_classes,
             "in_channels": self.data.in_channels,
             "model": self.model.state_dict(),
@@ -365,9 +353,9 @@ class Trainer:
     def fit(self, resume: bool = True) -> TrainResult:
         if resume:
             self.resume_if_possible()
-        result = TrainResult(status="completed", start_epoch=self.epoch, epochs_done=self.epoch)
+        result = TrainResult(status="completed", epochs_done=self.epoch)
         for epoch in range(self.epoch, self.spec.epochs):
-            stage = self.spec.stage(epoch)
+            stage = stage_at(self.spec.smoothing, epoch)
             started = time.perf_counter()
             train_metrics = self.train_one_epoch(epoch, stage)
             if train_metrics is None:

@@ -1,9 +1,24 @@
-"""Label-smoothed cross-entropy: train on (1 - theta) * onehot + theta * prior."""
+"""Label-smoothed cross-entropy, (1 - theta) * onehot + theta * prior, and the two-stage rule
+that says in which epochs it applies."""
 
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from tsla_spec.spec import SmoothingSpec
+from tsla_spec.vocabulary import TWO_STAGE_METHODS, Stage
+
+
+def stage_at(smoothing: SmoothingSpec, epoch: int) -> Stage:
+    """The targets of `epoch` (0-based): TSLA(s) smooths epochs 0 .. s-1 and trains one-hot from s;
+    `lsr` always smooths, `baseline` never does."""
+    if smoothing.method == "baseline":
+        return "onehot"
+    switch = smoothing.switch_epoch
+    if smoothing.method in TWO_STAGE_METHODS and switch is not None and epoch >= switch:
+        return "onehot"
+    return "smooth"
 
 
 def smoothed_cross_entropy(

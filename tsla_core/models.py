@@ -11,9 +11,9 @@ Both keep nn.BatchNorm2d's and nn.Conv2d's state_dict.
 import torch
 from torch import nn
 
-from tsla_core.fused import BatchNormAct
-from tsla_core.small_map_conv import SmallMapConv2d
-from tsla_shared.spec import ModelSpec
+from tsla_core.kernels.batch_norm_act import BatchNormAct
+from tsla_core.kernels.small_map_conv import SmallMapConv2d
+from tsla_spec.spec import ModelSpec
 
 
 class BasicBlock(nn.Module):

@@ -1,9 +1,9 @@
-"""The reaper: a thread in every worker process that re-queues jobs whose worker was lost.
+"""The reaper: a thread that re-queues jobs whose worker was lost.
 
 Every `lease_seconds / 2` it moves running jobs with an expired lease back to `queued` (or to
 `failed` when their attempts are spent) and sends the ids of queued jobs that are not on the
-queue. Several workers may reap at once: each change is a conditional UPDATE, and a job id
-sent twice is harmless because only one delivery can claim it.
+queue. Several reapers may run at once: each change is a conditional UPDATE, and a job id sent
+twice is harmless because only one delivery can claim it.
 """
 
 from __future__ import annotations
@@ -13,26 +13,23 @@ import threading
 
 from celery import Celery
 
-from tsla_shared import jobs
-from tsla_shared.db import session_scope
-from tsla_shared.settings import TRAIN_TASK, Settings
+from tsla_service import jobs
+from tsla_service.db import session_factory
+from tsla_service.queue import send_job
+from tsla_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def reap_once(settings: Settings, app: Celery) -> jobs.Reaped:
-    url = settings.resolved_database_url
-    with session_scope(url) as session:
+    with session_factory(settings.resolved_database_url)() as session:
         reaped = jobs.reap_expired_leases(session)
-        unsent = jobs.unsent_job_ids(session)
-    for job_id in reaped.requeued:
-        log.warning("job %s: worker lost, re-queued", job_id)
-    for job_id in reaped.failed:
-        log.warning("job %s: worker lost and no attempts left, failed", job_id)
-    for job_id in unsent:
-        app.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue)
-        with session_scope(url) as session:
-            jobs.mark_enqueued(session, job_id)
+        for job_id in reaped.requeued:
+            log.warning("job %s: worker lost, re-queued", job_id)
+        for job_id in reaped.failed:
+            log.warning("job %s: worker lost and no attempts left, failed", job_id)
+        for job_id in jobs.unsent_job_ids(session):
+            send_job(app, session, job_id)
     return reaped
 
 

@@ -14,20 +14,22 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from tsla_core import CheckpointRecord, CheckpointStore, Hooks, MetricRow, train
 from tsla_core.checkpoint import CheckpointError
-from tsla_core.datasets import DatasetError
-from tsla_shared import events, jobs
-from tsla_shared.db import session_scope
-from tsla_shared.models import Job
-from tsla_shared.settings import Settings, get_settings
-from tsla_shared.spec import RunSpec
-from tsla_shared.storage import Storage
+from tsla_core.readers import DatasetError
+from tsla_service import events, jobs, results
+from tsla_service.db import session_factory
+from tsla_service.models import Job
+from tsla_service.settings import Settings
+from tsla_service.storage import Storage
+from tsla_spec.spec import RunSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,9 +71,12 @@ def new_worker_id() -> str:
 class Heartbeat(threading.Thread):
     """Renews the lease every lease/3 seconds; sets `stop` on cancel or when the lease is lost."""
 
-    def __init__(self, settings: Settings, job_id: str, worker_id: str) -> None:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], job_id: str, worker_id: str
+    ) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.settings = settings
+        self.sessions = sessions
         self.job_id = job_id
         self.worker_id = worker_id
         self.stop = threading.Event()
@@ -83,7 +88,7 @@ class Heartbeat(threading.Thread):
         interval = self.settings.lease_seconds / 3
         while not self._done.wait(interval):
             try:
-                with session_scope(self.settings.resolved_database_url) as session:
+                with self.sessions() as session:
                     status = jobs.renew_lease(
                         session, self.job_id, self.worker_id, self.settings.lease_seconds
                     )
@@ -102,31 +107,43 @@ class Heartbeat(threading.Thread):
         self.join(timeout=10)
 
 
-class JobRun:
-    """The hooks that persist one attempt's metrics, checkpoints and logs."""
+# Log levels of the job's own log, as the worker's logging levels.
+LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
-    def __init__(self, settings: Settings, job_id: str, attempt: int, storage: Storage) -> None:
-        self.settings = settings
-        self.job_id = job_id
-        self.attempt = attempt
-        self.storage = storage
-        self.url = settings.resolved_database_url
+
+@dataclass
+class JobRun:
+    """One claimed attempt of a job: the hooks that persist its metrics, checkpoints and logs."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    job_id: str
+    worker_id: str
+    attempt: int
+    spec: RunSpec
+    storage: Storage
+
+    def write(self, action: Callable[[Session], T], what: str) -> T:
+        """Run `action` in a fresh session, retrying through database restarts."""
+
+        def attempt() -> T:
+            with self.sessions() as session:
+                return action(session)
+
+        return with_retries(attempt, what)
 
     def log(self, message: str, level: str = "info") -> None:
-        log.info("job %s: %s", self.job_id, message)
-
-        def write() -> None:
-            with session_scope(self.url) as session:
-                jobs.append_log(session, self.job_id, self.attempt, level, message)
-
-        with_retries(write, "writing a log line")
+        log.log(LEVELS[level], "job %s: %s", self.job_id, message)
+        self.write(
+            lambda session: results.append_log(session, self.job_id, self.attempt, level, message),
+            "writing a log line",
+        )
 
     def on_metrics(self, rows: list[MetricRow]) -> None:
-        def write() -> None:
-            with session_scope(self.url) as session:
-                jobs.record_metrics(session, self.job_id, self.attempt, [row.as_dict() for row in rows])
-
-        with_retries(write, f"writing epoch {rows[0].epoch} metrics")
+        self.write(
+            lambda session: results.record_metrics(session, self.job_id, self.attempt, rows),
+            f"writing epoch {rows[0].epoch} metrics",
+        )
         events.notify(self.settings.events_url, self.job_id, "metrics")
 
     def on_checkpoint(self, record: CheckpointRecord) -> None:
@@ -138,12 +155,10 @@ class JobRun:
             for stored in self.storage.list(f"{self.job_id}/checkpoints"):
                 if Path(stored).stem not in kept:  # the core's retention removed the local copy
                     self.storage.delete(stored)
-
-        def write() -> None:
-            with session_scope(self.url) as session:
-                jobs.record_checkpoint(session, self.job_id, record.public(), key, kept)
-
-        with_retries(write, f"recording checkpoint {record.name}")
+        self.write(
+            lambda session: results.record_checkpoint(session, self.job_id, record, key, kept),
+            f"recording checkpoint {record.name}",
+        )
         events.notify(self.settings.events_url, self.job_id, "checkpoint")
 
     def hooks(self, heartbeat: Heartbeat) -> Hooks:
@@ -154,22 +169,31 @@ class JobRun:
             on_log=self.log,
         )
 
+    def finish(self, state: str, error: str | None = None) -> str:
+        """Record the attempt's end (if this worker still holds the job); what happened, for the task log."""
+        recorded = self.write(
+            lambda session: jobs.finish_job(session, self.job_id, self.worker_id, state, error),
+            f"recording the end of job {self.job_id}",
+        )
+        events.notify(self.settings.events_url, self.job_id, "state")
+        self.log(f"attempt {self.attempt} ended: {state}" + (f" ({error})" if error else ""))
+        return state if recorded else f"{state} (not recorded: lease lost)"
 
-def resolve_teacher(settings: Settings, storage: Storage, spec: RunSpec, job_id: str) -> Path | None:
+
+def resolve_teacher(run: JobRun) -> Path | None:
     """The local file of the teacher job's best or latest checkpoint ("-pre" methods)."""
-    teacher = spec.smoothing.teacher
+    teacher = run.spec.smoothing.teacher
     if teacher is None or teacher.job is None:
         return None
-    with session_scope(settings.resolved_database_url) as session:
-        pick = jobs.best_checkpoint if teacher.checkpoint == "best" else jobs.latest_checkpoint
-        checkpoint = pick(session, teacher.job)
+    with run.sessions() as session:
+        checkpoint = results.find_checkpoint(session, teacher.job, teacher.checkpoint)
         if checkpoint is None:
             raise CheckpointError(f"teacher job {teacher.job} has no {teacher.checkpoint} checkpoint")
         key = checkpoint.storage_key
-    if storage.is_local:
-        return Path(storage.root) / key
-    local = settings.resolved_work_dir / job_id / "teacher.pt"
-    storage.get_file(key, local)
+    if run.storage.is_local:
+        return Path(run.storage.root) / key
+    local = run.settings.resolved_work_dir / run.job_id / "teacher.pt"
+    run.storage.get_file(key, local)
     return local
 
 
@@ -183,56 +207,50 @@ def prepare_run_dir(settings: Settings, storage: Storage, job_id: str) -> Path:
     return run_dir
 
 
-def run_job(job_id: str, settings: Settings | None = None) -> str:
-    """Train job `job_id` if this worker wins it; returns what happened, for the task log."""
-    settings = settings or get_settings()
-    url = settings.resolved_database_url
-    worker_id = new_worker_id()
+def claim(settings: Settings, sessions: sessionmaker[Session], job_id: str, worker_id: str) -> JobRun | None:
+    """Win the job for this worker; None for a duplicate delivery, a canceled job or another's."""
 
-    def claim() -> tuple[RunSpec, int] | None:
-        with session_scope(url) as session:
+    def take() -> tuple[RunSpec, int] | None:
+        with sessions() as session:
             if not jobs.claim_job(session, job_id, worker_id, settings.lease_seconds):
                 return None
             job = session.get(Job, job_id)
             assert job is not None
             return RunSpec.model_validate(job.spec), job.attempt
 
-    claimed = with_retries(claim, f"claiming job {job_id}")
+    claimed = with_retries(take, f"claiming job {job_id}")
     if claimed is None:
-        return "not claimed"  # a duplicate delivery, a canceled job or another worker's
+        return None
     spec, attempt = claimed
     events.notify(settings.events_url, job_id, "state")
-
     storage = Storage(settings.resolved_storage_url)
-    run = JobRun(settings, job_id, attempt, storage)
-    heartbeat = Heartbeat(settings, job_id, worker_id)
+    return JobRun(settings, sessions, job_id, worker_id, attempt, spec, storage)
+
+
+def run_job(job_id: str, settings: Settings) -> str:
+    """Train job `job_id` if this worker wins it; returns what happened, for the task log."""
+    sessions = session_factory(settings.resolved_database_url)
+    worker_id = new_worker_id()
+    run = claim(settings, sessions, job_id, worker_id)
+    if run is None:
+        return "not claimed"
+    heartbeat = Heartbeat(settings, sessions, job_id, worker_id)
     heartbeat.start()
     try:
-        run.log(f"attempt {attempt} started on {worker_id}")
-        run_dir = prepare_run_dir(settings, storage, job_id)
-        teacher_path = resolve_teacher(settings, storage, spec, job_id)
-        result = train(spec, run_dir, settings.data_root, run.hooks(heartbeat), teacher_path)
+        run.log(f"attempt {run.attempt} started on {worker_id}")
+        run_dir = prepare_run_dir(settings, run.storage, job_id)
+        teacher_path = resolve_teacher(run)
+        result = train(run.spec, run_dir, settings.data_root, run.hooks(heartbeat), teacher_path)
     except USER_ERRORS as error:
-        return end(run, worker_id, "failed", f"{type(error).__name__}: {error}")
+        return run.finish("failed", f"{type(error).__name__}: {error}")
     except Exception as error:
         run.log(traceback.format_exc(), level="error")
-        return end(run, worker_id, "failed", f"{type(error).__name__}: {error}")
+        return run.finish("failed", f"{type(error).__name__}: {error}")
     finally:
         heartbeat.finish()
     if result.status == "completed":
-        return end(run, worker_id, "succeeded")
+        return run.finish("succeeded")
     if heartbeat.cancel_requested:
-        return end(run, worker_id, "canceled", "canceled by request")
+        return run.finish("canceled", "canceled by request")
     run.log("lease lost; another attempt owns the job now", level="warning")
     return "lease lost"
-
-
-def end(run: JobRun, worker_id: str, state: str, error: str | None = None) -> str:
-    def write() -> bool:
-        with session_scope(run.url) as session:
-            return jobs.finish_job(session, run.job_id, worker_id, state, error)
-
-    recorded = with_retries(write, f"recording the end of job {run.job_id}")
-    events.notify(run.settings.events_url, run.job_id, "state")
-    run.log(f"attempt {run.attempt} ended: {state}" + (f" ({error})" if error else ""))
-    return state if recorded else f"{state} (not recorded: lease lost)"

@@ -9,14 +9,13 @@ from typing import IO, Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Response, status
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import OwnedJob, SessionDep, SettingsDep
 from api.schemas import JOB_RESPONSES, CheckpointPublic, CheckpointsPublic, Message
-from tsla_shared import jobs
-from tsla_shared.models import Checkpoint
-from tsla_shared.storage import Storage
+from tsla_service import results
+from tsla_service.models import Checkpoint
+from tsla_service.storage import Storage
 
 router = APIRouter(prefix="/jobs", tags=["checkpoints"], responses=JOB_RESPONSES)
 CHUNK = 1 << 20
@@ -24,34 +23,20 @@ CHUNK = 1 << 20
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic)
 def list_checkpoints(job: OwnedJob, session: SessionDep) -> CheckpointsPublic:
-    job_id = job.id
-    rows = session.scalars(
-        select(Checkpoint)
-        .where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False))
-        .order_by(Checkpoint.epoch, Checkpoint.id)
-    ).all()
-    best = jobs.best_checkpoint(session, job_id)
-    latest = jobs.latest_checkpoint(session, job_id)
+    rows = results.list_checkpoints(session, job.id)
+    best = results.best_checkpoint(session, job.id)
+    latest = results.latest_checkpoint(session, job.id)
     return CheckpointsPublic(
-        items=[CheckpointPublic.model_validate(r) for r in rows],
+        items=[CheckpointPublic.model_validate(r) for r in sorted(rows, key=lambda r: (r.epoch, r.id))],
         best_id=best.id if best else None,
         latest_id=latest.id if latest else None,
     )
 
 
 def find_checkpoint(session: Session, job_id: str, ref: str) -> Checkpoint:
-    if ref == "best":
-        found = jobs.best_checkpoint(session, job_id)
-    elif ref == "latest":
-        found = jobs.latest_checkpoint(session, job_id)
-    elif ref.isdigit() and len(ref) < 19:
-        found = session.scalars(
-            select(Checkpoint).where(
-                Checkpoint.id == int(ref), Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False)
-            )
-        ).first()
-    else:
+    if ref not in ("best", "latest") and not (ref.isdigit() and len(ref) < 19):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "ref: a checkpoint id, 'latest' or 'best'")
+    found = results.find_checkpoint(session, job_id, ref)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no checkpoint {ref!r}")
     return found

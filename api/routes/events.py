@@ -25,10 +25,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import OwnedJob, SettingsDep
 from api.schemas import JOB_RESPONSES, CheckpointPublic, JobPublic, MetricPublic
-from tsla_shared.db import session_factory
-from tsla_shared.events import channel
-from tsla_shared.models import FINISHED_STATES, Checkpoint, Job, Metric
-from tsla_shared.settings import Settings
+from tsla_service import results
+from tsla_service.db import session_factory
+from tsla_service.events import channel
+from tsla_service.models import Job, Metric
+from tsla_service.settings import Settings
+from tsla_spec.vocabulary import FINISHED_STATES
 
 router = APIRouter(prefix="/jobs", tags=["events"], responses=JOB_RESPONSES)
 BATCH = 500
@@ -56,15 +58,8 @@ class Snapshot:
                 .order_by(Metric.seq)
                 .limit(BATCH)
             ).all()
-            checkpoints = session.scalars(
-                select(Checkpoint)
-                .where(
-                    Checkpoint.job_id == self.job_id,
-                    Checkpoint.id > self.after_checkpoint,
-                    Checkpoint.deleted.is_(False),  # pruned ones are gone: GET /checkpoints omits them too
-                )
-                .order_by(Checkpoint.id)
-            ).all()
+            # Pruned ones are gone: GET /checkpoints omits them too.
+            checkpoints = results.list_checkpoints(session, self.job_id, self.after_checkpoint)
             metric_rows = [MetricPublic.model_validate(r).model_dump(mode="json") for r in rows]
             checkpoint_rows = [
                 CheckpointPublic.model_validate(c).model_dump(mode="json") for c in checkpoints

@@ -11,8 +11,8 @@ from sqlalchemy import text
 
 from api.deps import SessionDep, SettingsDep, current_token
 from api.schemas import ERROR_RESPONSES, DatasetPublic
-from tsla_shared.datasets import DATASETS
-from tsla_shared.presets import PRESETS
+from tsla_spec.datasets import DATASETS
+from tsla_spec.presets import PRESETS
 
 router = APIRouter(tags=["meta"])
 

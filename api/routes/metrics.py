@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from api.deps import OwnedJob, SessionDep, SettingsDep
 from api.schemas import JOB_RESPONSES, LogPublic, LogsPage, MetricPublic, MetricsPage
-from tsla_shared.models import LogLine, Metric
+from tsla_service.models import LogLine, Metric
 
 router = APIRouter(prefix="/jobs", tags=["metrics"], responses=JOB_RESPONSES)
 

@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from tsla_cli.serve import migrate
-from tsla_shared.db import session_scope
-from tsla_shared.settings import get_settings
-from tsla_shared.tokens import create_token
+from tsla_service.db import session_scope
+from tsla_service.migrate import upgrade_to_head
+from tsla_service.settings import Settings
+from tsla_service.tokens import create_token
 
 
 @dataclass
@@ -29,13 +29,9 @@ class Api:
 
 
 @pytest.fixture
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    monkeypatch.setenv("TSLA_HOME", str(tmp_path))
-    monkeypatch.setenv("TSLA_MAX_ACTIVE_JOBS_PER_TOKEN", "3")
-    monkeypatch.setenv("TSLA_MAX_BODY_BYTES", "20000")
-    get_settings.cache_clear()
-    url = get_settings().resolved_database_url
-    migrate(url)
-    with TestClient(create_app()) as client:
+def api(tmp_path: Path) -> Iterator[Api]:
+    settings = Settings(home=tmp_path, max_active_jobs_per_token=3, max_body_bytes=20000)  # type: ignore[arg-type]
+    url = settings.resolved_database_url
+    upgrade_to_head(url)
+    with TestClient(create_app(settings)) as client:
         yield Api(client, tmp_path, url)
-    get_settings.cache_clear()

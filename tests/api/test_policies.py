@@ -5,9 +5,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from tests.api.conftest import Api
-from tsla_shared.db import session_scope
-from tsla_shared.models import Job
-from tsla_shared.tokens import revoke_token
+from tsla_service.db import session_scope
+from tsla_service.models import Job
+from tsla_service.results import record_metrics
+from tsla_service.tokens import revoke_token
+from tsla_spec.records import MetricRow
 
 SPEC = {"preset": "digits", "epochs": 2, "smoothing": {"switch_epoch": 1}}
 
@@ -128,13 +130,11 @@ def test_prometheus_metrics_report_jobs_queue_epochs_and_latency(api: Api) -> No
         record = session.get(Job, job["id"])
         assert record is not None
         record.state = "running"
-    from tsla_shared.jobs import record_metrics
-
-    rows = [{"epoch": e, "split": "train", "name": n, "value": v, "stage": "smooth", "step": 1}
-            for e, (n, v) in enumerate([("epoch_time", 1.5), ("epoch_time", 7.0)])]  # fmt: skip
-    rows.append(
-        {"epoch": 1, "split": "train", "name": "images_per_s", "value": 1234.0, "stage": "smooth", "step": 2}
-    )
+    rows = [
+        MetricRow(0, "train", "epoch_time", 1.5, "smooth", 1),
+        MetricRow(1, "train", "epoch_time", 7.0, "smooth", 1),
+        MetricRow(1, "train", "images_per_s", 1234.0, "smooth", 2),
+    ]
     with session_scope(api.database_url) as session:
         record_metrics(session, job["id"], 1, rows)
     submit(api, alice)

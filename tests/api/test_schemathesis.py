@@ -5,43 +5,29 @@ broker that nothing consumes. Schemathesis needs the app when the module is coll
 home is made at import time.
 """
 
-import os
 import tempfile
 
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tsla_cli.serve import migrate
-from tsla_shared.db import session_scope
-from tsla_shared.settings import Settings
-from tsla_shared.tokens import create_token
+from tsla_service.db import session_scope
+from tsla_service.migrate import upgrade_to_head
+from tsla_service.settings import Settings
+from tsla_service.tokens import create_token
 
 TOKEN = "tsla_schemathesis_token"
 HOME = tempfile.mkdtemp(prefix="tsla-fuzz-")
 
 
 def make_app() -> object:
-    from api import main
-    from tsla_shared import settings as settings_module
+    from api.main import create_app
 
     fuzz_settings = Settings(home=HOME, max_active_jobs_per_token=1000)  # type: ignore[arg-type]
-    migrate(fuzz_settings.resolved_database_url)
+    upgrade_to_head(fuzz_settings.resolved_database_url)
     with session_scope(fuzz_settings.resolved_database_url) as session:
         create_token(session, "fuzzer", TOKEN)
-    previous = os.environ.get("TSLA_HOME")
-    os.environ["TSLA_HOME"] = HOME
-    settings_module.get_settings.cache_clear()
-    app = main.create_app()
-    app.dependency_overrides[__import__("api.deps", fromlist=["settings_dep"]).settings_dep] = lambda: (
-        fuzz_settings
-    )
-    if previous is None:
-        del os.environ["TSLA_HOME"]
-    else:
-        os.environ["TSLA_HOME"] = previous
-    settings_module.get_settings.cache_clear()
-    return app
+    return create_app(fuzz_settings)
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", make_app())

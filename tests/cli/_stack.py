@@ -1,11 +1,11 @@
 """What the CLI and events tests share: fast digits settings and metric paging; the embedded
-stack itself is `tests.service._support.embedded_stack`."""
+stack itself is `tests.integration._support.embedded_stack`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tests.service._support import Service, embedded_stack
+from tests.integration._support import Service, embedded_stack
 
 __all__ = ["FAST", "FAST_SET", "all_metric_rows", "embedded_stack"]
 

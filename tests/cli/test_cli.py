@@ -23,9 +23,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.service._support import REPO_ROOT, Service, clean_env
+from tests.integration._support import REPO_ROOT, Service
 from tsla_cli.client import TslaClient
-from tsla_shared.hashing import sha256_file
+from tsla_cli.stack import service_env
+from tsla_spec.hashing import sha256_file
 
 from ._stack import FAST, FAST_SET, embedded_stack
 
@@ -43,7 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 def cli_env(service: Service | None, token: str | None = "", url: str | None = None) -> dict[str, str]:
-    env = clean_env()
+    env = service_env()
     for name in ("COLUMNS", "LINES"):
         env.pop(name, None)  # rich then renders at its fixed 80 columns for a pipe
     if service is not None:

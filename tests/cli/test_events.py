@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service._support import Service, check_metric_rows
+from tests.integration._support import Service, check_metric_rows
 from tsla_cli.client import Event, TslaClient
 
 from ._stack import FAST, all_metric_rows, embedded_stack

@@ -4,8 +4,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tsla_core import smoothed_cross_entropy
+from tsla_core import smoothed_cross_entropy, stage_at
 from tsla_core.loss import teacher_prior
+from tsla_spec.spec import build_spec
+
+
+def test_switch_epoch_is_ignored_by_single_stage_methods() -> None:
+    spec = build_spec({"preset": "digits", "smoothing": {"method": "lsr"}})
+    assert [stage_at(spec.smoothing, e) for e in range(spec.epochs)] == ["smooth"] * spec.epochs
+    baseline = build_spec({"preset": "digits", "smoothing": {"method": "baseline"}})
+    assert {stage_at(baseline.smoothing, e) for e in range(baseline.epochs)} == {"onehot"}
+
+
+def test_stage_switches_exactly_at_switch_epoch() -> None:
+    spec = build_spec({"preset": "digits", "epochs": 10, "smoothing": {"method": "tsla", "switch_epoch": 6}})
+    assert [stage_at(spec.smoothing, e) for e in range(10)] == ["smooth"] * 6 + ["onehot"] * 4
 
 
 @pytest.mark.parametrize("theta", [0.0, 0.1, 0.2, 0.5, 1.0])

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tsla_core.models import build_model
-from tsla_shared.spec import ModelSpec
+from tsla_spec.spec import ModelSpec
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])

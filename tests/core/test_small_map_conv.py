@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from tsla_core.fused import ENV_SWITCH
-from tsla_core.small_map_conv import MAX_PIXELS, SmallMapConv2d
+from tsla_core.kernels.batch_norm_act import ENV_SWITCH
+from tsla_core.kernels.small_map_conv import MAX_PIXELS, SmallMapConv2d
 
 CL = torch.channels_last
 # (in, out, kernel, stride, padding, map side, bias): 3x3 and 1x1, strided maps whose padded size

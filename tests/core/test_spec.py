@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tsla_shared.presets import PRESETS
-from tsla_shared.spec import SpecError, build_spec, load_spec_file, parse_override
+from tsla_spec.presets import PRESETS
+from tsla_spec.spec import SpecError, build_spec, load_spec_file, parse_override
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -58,18 +58,6 @@ def test_fields_override_the_preset_and_nested_fields_merge() -> None:
 def test_bad_specs_are_explained(raw: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         build_spec(raw)
-
-
-def test_switch_epoch_is_ignored_by_single_stage_methods() -> None:
-    spec = build_spec({"preset": "digits", "smoothing": {"method": "lsr"}})
-    assert [spec.stage(e) for e in range(spec.epochs)] == ["smooth"] * spec.epochs
-    baseline = build_spec({"preset": "digits", "smoothing": {"method": "baseline"}})
-    assert {baseline.stage(e) for e in range(baseline.epochs)} == {"onehot"}
-
-
-def test_stage_switches_exactly_at_switch_epoch() -> None:
-    spec = build_spec({"preset": "digits", "epochs": 10, "smoothing": {"method": "tsla", "switch_epoch": 6}})
-    assert [spec.stage(e) for e in range(10)] == ["smooth"] * 6 + ["onehot"] * 4
 
 
 def test_parse_override_builds_nested_mappings_with_yaml_values() -> None:

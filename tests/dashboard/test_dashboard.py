@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.service._support import (
+from tests.integration._support import (
     MAIN_EPOCHS,
     MAIN_SPEC,
     MAIN_SWITCH,

@@ -8,18 +8,18 @@ import fsspec
 from sqlalchemy import select
 
 from tests.conftest import tiny_raw_spec
-from tsla_cli.serve import migrate
-from tsla_shared import jobs
-from tsla_shared.db import session_scope
-from tsla_shared.models import Checkpoint, Job, LogLine, Metric
-from tsla_shared.settings import Settings
-from tsla_shared.spec import build_spec
+from tsla_service import jobs
+from tsla_service.db import session_scope
+from tsla_service.migrate import upgrade_to_head
+from tsla_service.models import Checkpoint, Job, LogLine, Metric
+from tsla_service.settings import Settings
+from tsla_spec.spec import build_spec
 from worker.runner import run_job
 
 
 def make_settings(tmp_path: Path, storage_url: str | None = None) -> Settings:
     settings = Settings(home=tmp_path / "home", storage_url=storage_url, lease_seconds=30)  # type: ignore[arg-type]
-    migrate(settings.resolved_database_url)
+    upgrade_to_head(settings.resolved_database_url)
     return settings
 
 

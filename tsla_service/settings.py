@@ -15,9 +15,6 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Celery task name the API enqueues and the worker registers (by name: the API imports no worker).
-TRAIN_TASK = "tsla.train_job"
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TSLA_", extra="ignore")
@@ -39,7 +36,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0)
     # Seconds between a worker's polls of the broker's filesystem folder (embedded default).
     broker_poll_seconds: float = Field(0.1, gt=0)
-    # Redis broker: a message unacknowledged this long is delivered again (see worker/celery_app.py).
+    # Redis broker: a message unacknowledged this long is delivered again (see tsla_service/queue.py).
     visibility_timeout_seconds: int = Field(6 * 3600, gt=0)
     max_body_bytes: int = Field(1_000_000, gt=0)
     metrics_page_max: int = Field(5000, gt=0)

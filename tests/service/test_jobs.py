@@ -7,16 +7,17 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tsla_cli.serve import migrate
-from tsla_shared import jobs
-from tsla_shared.db import session_factory
-from tsla_shared.models import Checkpoint, Job, Metric
+from tsla_service import jobs, results
+from tsla_service.db import session_factory
+from tsla_service.migrate import upgrade_to_head
+from tsla_service.models import Checkpoint, Job, Metric
+from tsla_spec.records import CheckpointRecord, MetricRow
 
 
 @pytest.fixture
 def session(tmp_path: Path) -> Iterator[Session]:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    migrate(url)
+    upgrade_to_head(url)
     with session_factory(url)() as db:
         yield db
 
@@ -28,8 +29,8 @@ def add_job(session: Session, state: str = "queued") -> str:
     return job.id
 
 
-def metric(epoch: int, name: str, value: float) -> dict:
-    return {"epoch": epoch, "split": "test", "name": name, "value": value, "stage": "smooth", "step": 1}
+def metric(epoch: int, name: str, value: float) -> MetricRow:
+    return MetricRow(epoch=epoch, split="test", name=name, value=value, stage="smooth", step=1)
 
 
 def test_only_one_claim_wins(session: Session) -> None:
@@ -66,10 +67,10 @@ def test_only_the_lease_owner_finishes_a_job(session: Session) -> None:
 
 def test_a_rerun_epoch_replaces_its_metric_rows_with_higher_seqs(session: Session) -> None:
     job_id = add_job(session)
-    jobs.record_metrics(session, job_id, 1, [metric(0, "top1", 10.0), metric(0, "loss", 2.0)])
-    jobs.record_metrics(session, job_id, 1, [metric(1, "top1", 20.0)])
+    results.record_metrics(session, job_id, 1, [metric(0, "top1", 10.0), metric(0, "loss", 2.0)])
+    results.record_metrics(session, job_id, 1, [metric(1, "top1", 20.0)])
     first = {m.name + str(m.epoch): m.seq for m in session.scalars(select(Metric))}
-    jobs.record_metrics(session, job_id, 2, [metric(1, "top1", 25.0)])
+    results.record_metrics(session, job_id, 2, [metric(1, "top1", 25.0)])
     rows = session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.seq)).all()
     assert [(r.epoch, r.name, r.value, r.attempt) for r in rows] == [
         (0, "top1", 10.0, 1), (0, "loss", 2.0, 1), (1, "top1", 25.0, 2),
@@ -83,11 +84,11 @@ def test_a_rerun_epoch_replaces_its_metric_rows_with_higher_seqs(session: Sessio
 def test_checkpoint_rows_follow_retention_and_best_prefers_top1(session: Session) -> None:
     job_id = add_job(session)
     for epoch, top1 in ((0, 50.0), (1, 70.0), (2, 60.0)):
-        info = {"name": f"epoch-000{epoch}", "epoch": epoch, "partial": False, "size": 1, "sha256": "x",
-                "metrics": {"test/top1": top1}}  # fmt: skip
+        name = f"epoch-000{epoch}"
+        info = CheckpointRecord(name, Path(f"{name}.pt"), epoch, False, "x", 1, {"test/top1": top1})
         kept = {f"epoch-000{e}" for e in range(epoch + 1)} - {"epoch-0000"} if epoch == 2 else set()
-        jobs.record_checkpoint(session, job_id, info, f"{job_id}/{epoch}", kept | {f"epoch-000{epoch}"})
+        results.record_checkpoint(session, job_id, info, f"{job_id}/{epoch}", kept | {f"epoch-000{epoch}"})
     live = session.scalars(select(Checkpoint.name).where(Checkpoint.deleted.is_(False))).all()
     assert sorted(live) == ["epoch-0001", "epoch-0002"]
-    assert jobs.best_checkpoint(session, job_id).name == "epoch-0001"
-    assert jobs.latest_checkpoint(session, job_id).name == "epoch-0002"
+    assert results.best_checkpoint(session, job_id).name == "epoch-0001"
+    assert results.latest_checkpoint(session, job_id).name == "epoch-0002"

@@ -1,11 +1,13 @@
-"""The Celery app of the worker (and, by task name only, of the API).
+"""The job queue: one Celery configuration for the API (which sends) and the worker (which consumes).
 
-Settings for long training tasks:
+Messages carry a job id, never a spec: the job row is the source of truth, committed before its
+id is sent. The API sends by task name, so it imports neither the worker nor torch.
+
+Settings for long training tasks (read by the worker):
 - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after the
   task returns, so a worker killed mid-job leaves it to be delivered again.
 - `worker_prefetch_multiplier=1`: a worker reserves one job at a time; others stay queued
   for idle workers.
-- JSON only; messages carry a job id, never a spec (the job row is the source of truth).
 - Redis redelivers a message not acknowledged within `visibility_timeout` (TSLA_
   VISIBILITY_TIMEOUT_SECONDS, default 6 h) even while its worker is still training
   (celery/celery#5935). That duplicate is harmless by design: it can only start training by
@@ -17,21 +19,27 @@ Settings for long training tasks:
 
 from __future__ import annotations
 
-from typing import Any
+import logging
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutting_down
 from kombu import Queue
+from sqlalchemy.orm import Session
 
-from tsla_shared.settings import TRAIN_TASK, Settings, get_settings
+from tsla_service import jobs
+from tsla_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The task the API sends and the worker registers, by name.
+TRAIN_TASK = "tsla.train_job"
 
 
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("tsla", broker=settings.resolved_broker_url)
+def make_celery(settings: Settings, name: str = "tsla") -> Celery:
+    app = Celery(name, broker=settings.resolved_broker_url)
     app.conf.update(
         broker_transport_options=settings.broker_transport_options(),
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
+        broker_connection_retry=True,
+        broker_connection_max_retries=3,  # a sender gives up; the reaper sends what was not sent
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -47,24 +55,15 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-app = make_celery(get_settings())
-app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
-reapers: list[Any] = []
+def send_job(app: Celery, session: Session, job_id: str) -> bool:
+    """Put the id of a committed job on the queue, then mark the row enqueued.
 
-
-@worker_ready.connect
-def start_reaper(**_kwargs: Any) -> None:
-    from worker.reaper import Reaper
-
-    reaper = Reaper(get_settings(), app)
-    reaper.start()
-    reapers.append(reaper)
-
-
-@worker_shutting_down.connect
-def stop_reaper(**_kwargs: Any) -> None:
-    for reaper in reapers:
-        reaper.stop()
-
-
-__all__ = ["TRAIN_TASK", "app", "make_celery"]
+    False when the broker is unreachable: the job stays stored with `enqueued_at` NULL, and the
+    reaper sends it later."""
+    try:
+        app.send_task(TRAIN_TASK, args=[job_id], retry=True)
+    except Exception:  # any broker failure: the row is safe, the reaper retries
+        log.exception("job %s stored but not sent; the reaper will send it", job_id)
+        return False
+    jobs.mark_enqueued(session, job_id)
+    return True

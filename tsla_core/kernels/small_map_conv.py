@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tsla_core.fused import custom_kernels_switched_on
+from tsla_core.kernels.batch_norm_act import custom_kernels_switched_on
 
 # The largest input map (height x width) that takes this path: 4x4 measured faster, 14x14 slower.
 MAX_PIXELS = 16

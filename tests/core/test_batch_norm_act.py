@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from tsla_core import fused
-from tsla_core.fused import BatchNormAct, fused_enabled
+from tsla_core.kernels import batch_norm_act as fused
+from tsla_core.kernels.batch_norm_act import BatchNormAct, fused_enabled
 from tsla_core.models import build_model, use_custom_kernels
-from tsla_shared.spec import ModelSpec
+from tsla_spec.spec import ModelSpec
 
 pytestmark = pytest.mark.skipif(not fused_enabled(), reason="the fused kernel could not be built here")
 
@@ -160,6 +160,6 @@ def test_a_failed_build_falls_back_with_a_warning(
         raise RuntimeError("g++: not found")
 
     monkeypatch.setattr("torch.utils.cpp_extension.load", no_compiler)
-    with caplog.at_level(logging.WARNING, logger="tsla_core.fused"):
+    with caplog.at_level(logging.WARNING, logger="tsla_core.kernels.batch_norm_act"):
         assert fused._load_kernel.__wrapped__() is False
     assert "g++: not found" in caplog.text

@@ -10,18 +10,24 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
+from tsla_cli import stack
+from tsla_cli.client import TslaClient
+from tsla_cli.stack import free_port, service_env, stop_process, wait_for, wait_healthy
+from tsla_spec.vocabulary import FINISHED_STATES
+
+__all__ = ["free_port", "stop_process", "wait_for", "wait_healthy"]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FINISHED = ("succeeded", "failed", "canceled")
+FINISHED = FINISHED_STATES
 # The main job of Part 2: TSLA on real digits, smoothing in epochs 0-1 and one-hot in 2-3.
 MAIN_SPEC: dict[str, Any] = {
     "preset": "digits",
@@ -34,50 +40,11 @@ MAIN_EPOCHS = 4
 # Every log file of a process the tests started; conftest attaches their tails to failures.
 LOG_FILES: list[Path] = []
 
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any TSLA_* setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSLA_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
 
 def start_process(command: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A subprocess in its own session (so its whole group can be killed), output to `log`."""
-    log.parent.mkdir(parents=True, exist_ok=True)
+    """A service process in its own session, output to `log` (attached to a failing test's report)."""
     LOG_FILES.append(log)
-    with log.open("ab") as output:
-        return subprocess.Popen(
-            list(command),
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop_process(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it after `grace` seconds."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    # Children (the embedded stack's worker) may outlive the leader: kill the whole group.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)
+    return stack.start_process(command, env, log, cwd=REPO_ROOT)
 
 
 def log_tail(path: Path, chars: int = 6000) -> str:
@@ -86,34 +53,6 @@ def log_tail(path: Path, chars: int = 6000) -> str:
     except OSError as error:
         return f"<cannot read {path}: {error}>"
     return text[-chars:]
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
-    """Call `probe` until it returns something other than None/False; TimeoutError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = probe()
-        if last is not None and last is not False:
-            return last
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def wait_healthy(base_url: str, processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
-    """Poll /healthz; fail at once if one of `processes` exited."""
-
-    def probe() -> bool:
-        for process in processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"{process.args!r} exited with {process.returncode} before /healthz")
-        try:
-            return httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(probe, timeout, f"{base_url}/healthz", interval=0.3)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -133,28 +72,26 @@ class Service:
     queue: str | None = None
     broker: Any = None  # a redis.Redis client of the broker's database (PostgreSQL stack)
     worker_log: Path | None = None
-    http: httpx.Client = field(init=False)
+    client: TslaClient = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30.0
-        )
+        self.client = TslaClient(self.base_url, self.token)
+
+    @property
+    def http(self) -> httpx.Client:
+        """The client's HTTP session, for requests whose raw answer a test checks."""
+        return self.client.http
 
     def close(self) -> None:
-        self.http.close()
+        self.client.close()
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        response = self.http.post("/jobs", json=spec)
-        assert response.status_code == 201, response.text
-        job: dict[str, Any] = response.json()
+        job = self.client.submit(spec)
         assert job["state"] == "queued"
         return job
 
     def job(self, job_id: str) -> dict[str, Any]:
-        response = self.http.get(f"/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        found: dict[str, Any] = response.json()
-        return found
+        return self.client.get(job_id)
 
     def cancel(self, job_id: str) -> httpx.Response:
         return self.http.post(f"/jobs/{job_id}/cancel")
@@ -435,16 +372,6 @@ def pick_redis_db() -> tuple[Any, int]:
     raise RuntimeError("no empty Redis database among 1..14")
 
 
-def celery_worker_command(queue: str, hostname: str) -> list[str]:
-    """A real `celery worker` like production's: solo pool, one job at a time."""
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--pool", "solo", "--concurrency", "1", "--queues", queue,
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "--loglevel", "INFO", "--hostname", hostname,
-    ]  # fmt: skip
-
-
 @dataclass
 class Worker:
     name: str
@@ -488,9 +415,9 @@ class FaultStack:
     def _start(self) -> None:
         import secrets
 
-        from tsla_cli.serve import migrate
-        from tsla_shared.db import get_engine, session_scope
-        from tsla_shared.tokens import create_token
+        from tsla_service.db import get_engine, session_scope
+        from tsla_service.migrate import upgrade_to_head
+        from tsla_service.tokens import create_token
 
         start_redis()  # a test that failed to restart it must not break the next one
         suffix = secrets.token_hex(4)
@@ -503,7 +430,7 @@ class FaultStack:
         self._cleanup.callback(
             pg_execute, PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'
         )
-        migrate(self.database_url)
+        upgrade_to_head(self.database_url)
         token = f"tsla_fault_{secrets.token_urlsafe(16)}"
         with session_scope(self.database_url) as session:
             create_token(session, f"fault-{suffix}", token)
@@ -515,14 +442,7 @@ class FaultStack:
         self.broker_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{self.broker_db}"
 
         port = free_port()
-        api = start_process(
-            [
-                sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            ],
-            self.env(),
-            self.root / "logs" / "api.log",
-        )  # fmt: skip
+        api = start_process(stack.api_command("127.0.0.1", port), self.env(), self.root / "logs" / "api.log")
         self._cleanup.callback(stop_process, api)
         self.api = api
         self._service = Service(f"http://127.0.0.1:{port}", token, self.root / "home", self.queue, broker)
@@ -546,7 +466,7 @@ class FaultStack:
         }
         if self.visibility_timeout is not None:
             extra["TSLA_VISIBILITY_TIMEOUT_SECONDS"] = str(self.visibility_timeout)
-        return clean_env(**extra)
+        return service_env(**extra)
 
     @property
     def service(self) -> Service:
@@ -559,9 +479,8 @@ class FaultStack:
     def start_worker(self, name: str, lease_seconds: float | None = None, wait: bool = True) -> Worker:
         """A new celery worker process on the stack's queue; by default waits until it is ready."""
         log = self.root / "logs" / f"worker-{name}.log"
-        process = start_process(
-            celery_worker_command(self.queue, f"{name}.{self.queue}@%h"), self.env(lease_seconds), log
-        )
+        command = stack.worker_command([self.queue], hostname=f"{name}.{self.queue}@%h")
+        process = start_process(command, self.env(lease_seconds), log)
         self._cleanup.callback(stop_process, process)
         worker = Worker(name, process, log)
         self.workers.append(worker)
@@ -570,13 +489,13 @@ class FaultStack:
         return worker
 
     def wait_ready(self, worker: Worker, timeout: float = 120.0) -> None:
-        def ready() -> bool:
-            if worker.process.poll() is not None:
-                raise RuntimeError(f"worker {worker.name} exited with {worker.process.returncode}")
-            return " ready." in worker.text()
-
         self.service  # noqa: B018 - the API starts meanwhile; wait for it too
-        wait_for(ready, timeout, f"worker {worker.name} to be ready", interval=0.3)
+        wait_for(
+            lambda: stack.worker_ready(worker.process, worker.log),
+            timeout,
+            f"worker {worker.name} to be ready",
+            interval=0.3,
+        )
 
     @staticmethod
     def kill(worker: Worker) -> None:
@@ -597,16 +516,14 @@ def embedded_stack(root: Path, **env: str) -> Iterator[Service]:
     home = root / "home"
     port = free_port()
     token = f"tsla_it_{secrets.token_urlsafe(16)}"
-    stack = start_process(
-        [sys.executable, "-m", "tsla_cli", "serve", "--home", str(home), "--port", str(port)],
-        clean_env(TSLA_TOKEN=token, **env),
-        root / "serve.log",
+    server = start_process(
+        stack.serve_command(home, port), service_env(TSLA_TOKEN=token, **env), root / "serve.log"
     )
     LOG_FILES.extend([home / "logs" / "worker.out", home / "logs" / "worker.log"])  # the worker's own
     service = Service(f"http://127.0.0.1:{port}", token, home)
     try:
-        wait_healthy(service.base_url, [stack], timeout=120)
+        wait_healthy(service.base_url, [server], timeout=120)
         yield service
     finally:
         service.close()
-        stop_process(stack, grace=30)
+        stop_process(server, grace=30)

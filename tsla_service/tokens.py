@@ -10,8 +10,7 @@ import secrets
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from tsla_shared.jobs import utcnow
-from tsla_shared.models import ApiToken
+from tsla_service.models import ApiToken, utcnow
 
 
 def digest(token: str) -> str:

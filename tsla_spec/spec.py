@@ -16,12 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tsla_shared.presets import PRESETS
+from tsla_spec.presets import PRESETS
+from tsla_spec.vocabulary import TEACHER_METHODS, TWO_STAGE_METHODS, Method
 
-Method = Literal["baseline", "lsr", "tsla", "lsr-pre", "tsla-pre"]
-METHODS: tuple[str, ...] = ("baseline", "lsr", "tsla", "lsr-pre", "tsla-pre")
 DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
-Stage = Literal["smooth", "onehot"]
 
 
 class StrictModel(BaseModel):
@@ -106,26 +104,16 @@ class SmoothingSpec(StrictModel):
 
     @model_validator(mode="after")
     def _method_needs(self) -> SmoothingSpec:
-        two_stage = self.method in ("tsla", "tsla-pre")
-        if two_stage and self.switch_epoch is None:
+        if self.method in TWO_STAGE_METHODS and self.switch_epoch is None:
             raise ValueError(f"method {self.method!r} needs smoothing.switch_epoch")
         if self.method != "baseline" and self.theta == 0:
             raise ValueError(f"method {self.method!r} needs theta > 0 (theta 0 is the baseline)")
-        uses_teacher = self.method.endswith("-pre")
+        uses_teacher = self.method in TEACHER_METHODS
         if uses_teacher and self.teacher is None:
             raise ValueError(f"method {self.method!r} needs smoothing.teacher")
         if not uses_teacher and self.teacher is not None:
             raise ValueError(f"smoothing.teacher only applies to lsr-pre/tsla-pre, not {self.method!r}")
         return self
-
-    def stage(self, epoch: int) -> Stage:
-        """The target kind used in `epoch` (0-based): where TSLA drops the smoothing."""
-        if self.method == "baseline":
-            return "onehot"
-        two_stage = self.method in ("tsla", "tsla-pre")
-        if two_stage and self.switch_epoch is not None and epoch >= self.switch_epoch:
-            return "onehot"
-        return "smooth"
 
 
 class CheckpointSpec(StrictModel):
@@ -159,16 +147,12 @@ class RunSpec(StrictModel):
     @model_validator(mode="after")
     def _epochs_cover_switch(self) -> RunSpec:
         switch = self.smoothing.switch_epoch
-        two_stage = self.smoothing.method in ("tsla", "tsla-pre")
-        if two_stage and switch is not None and switch >= self.epochs:
+        if self.smoothing.method in TWO_STAGE_METHODS and switch is not None and switch >= self.epochs:
             raise ValueError(
                 f"smoothing.switch_epoch ({switch}) must be smaller than epochs ({self.epochs}); "
                 "with no one-hot epochs left use method 'lsr'"
             )
         return self
-
-    def stage(self, epoch: int) -> Stage:
-        return self.smoothing.stage(epoch)
 
 
 class SpecError(ValueError):

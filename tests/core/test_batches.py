@@ -10,8 +10,8 @@ from PIL import Image
 
 from tests.conftest import tiny_raw_spec
 from tsla_core import DatasetError, train
-from tsla_core.data import Augment, augment_batch, draw_augmentation, epoch_generator, load_data
-from tsla_shared.spec import DataSpec, build_spec
+from tsla_core.batches import Augment, augment_batch, draw_augmentation, epoch_generator, load_data
+from tsla_spec.spec import DataSpec, build_spec
 
 CPU = torch.device("cpu")
 

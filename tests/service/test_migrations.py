@@ -4,22 +4,16 @@ from pathlib import Path
 
 import psycopg
 from alembic import command
-from alembic.config import Config
 
-from tsla_cli.serve import REPO_ROOT, migrate
+from tsla_service.db import get_engine
+from tsla_service.migrate import alembic_config, upgrade_to_head
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def alembic_config(url: str) -> Config:
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.attributes["database_url"] = url
-    return config
-
-
 def test_sqlite_upgrade_check_downgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    migrate(url)
+    upgrade_to_head(url)
     command.check(alembic_config(url))  # raises when models and migrations drift apart
     command.downgrade(alembic_config(url), "base")
 
@@ -32,11 +26,9 @@ def test_postgresql_upgrade_check_downgrade() -> None:
         admin.execute(f"CREATE DATABASE {name}")
         url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
         try:
-            migrate(url)
+            upgrade_to_head(url)
             command.check(alembic_config(url))
             command.downgrade(alembic_config(url), "base")
         finally:
-            from tsla_shared.db import get_engine
-
             get_engine(url).dispose()
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -6,15 +6,14 @@ delivery, a cancel during a claim) cannot both win: the loser sees rowcount 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, select, tuple_, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
-from tsla_shared.models import Checkpoint, Job, LogLine, Metric, utcnow
+from tsla_service.models import Job, utcnow
 
 
 def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> bool:
@@ -95,9 +94,8 @@ def request_cancel(session: Session, job_id: str) -> str:
 
 @dataclass
 class Reaped:
-    requeued: list[str]
-    failed: list[str]
-    canceled: list[str]
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 def reap_expired_leases(session: Session) -> Reaped:
@@ -109,12 +107,12 @@ def reap_expired_leases(session: Session) -> Reaped:
             Job.state == "running", Job.lease_expires_at < now
         )
     ).all()
-    reaped = Reaped([], [], [])
+    reaped = Reaped()
     for job_id, attempt, max_attempts, cancel_requested in expired:
         still_expired = and_(Job.id == job_id, Job.state == "running", Job.lease_expires_at < now)
+        bucket: list[str] | None = None
         if cancel_requested:
             values: dict[str, Any] = {"state": "canceled", "error": "canceled by request (worker lost)"}
-            bucket = reaped.canceled
         elif attempt < max_attempts:
             values = {"state": "queued", "enqueued_at": None}
             bucket = reaped.requeued
@@ -132,7 +130,7 @@ def reap_expired_leases(session: Session) -> Reaped:
             .values(lease_owner=None, lease_expires_at=None, **values)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount:  # type: ignore[attr-defined]
+        if result.rowcount and bucket is not None:  # type: ignore[attr-defined]
             bucket.append(job_id)
     session.commit()
     return reaped
@@ -152,93 +150,3 @@ def mark_enqueued(session: Session, job_id: str) -> None:
         .execution_options(synchronize_session=False)
     )
     session.commit()
-
-
-def record_metrics(session: Session, job_id: str, attempt: int, rows: Iterable[dict[str, Any]]) -> None:
-    """Store one epoch's rows in one transaction; a re-run epoch replaces its earlier rows.
-
-    Replacing (delete + insert) gives the new values new, higher seqs, so a client paging with a
-    cursor sees the re-run values instead of silently keeping the old ones.
-    """
-    rows = list(rows)
-    if not rows:
-        return
-    keys = [(r["epoch"], r["split"], r["name"]) for r in rows]
-    session.execute(
-        delete(Metric).where(
-            Metric.job_id == job_id, tuple_(Metric.epoch, Metric.split, Metric.name).in_(keys)
-        )
-    )
-    session.add_all(
-        Metric(
-            job_id=job_id,
-            epoch=r["epoch"],
-            step=r["step"],
-            split=r["split"],
-            name=r["name"],
-            value=r["value"],
-            stage=r["stage"],
-            attempt=attempt,
-        )
-        for r in rows
-    )
-    epoch = max(r["epoch"] for r in rows)
-    top1 = [r["value"] for r in rows if r["split"] == "test" and r["name"] == "top1"]
-    job = session.get(Job, job_id)
-    if job is not None:
-        job.epochs_done = max(job.epochs_done, epoch + 1)
-        if top1:
-            job.best_top1 = max(top1[0], job.best_top1 or float("-inf"))
-    session.commit()
-
-
-def record_checkpoint(
-    session: Session, job_id: str, info: dict[str, Any], storage_key: str, kept_names: set[str]
-) -> None:
-    """Add a checkpoint row and mark rows whose files the retention policy removed."""
-    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == info["name"]))
-    session.add(
-        Checkpoint(
-            job_id=job_id,
-            name=info["name"],
-            epoch=info["epoch"],
-            partial=info["partial"],
-            size=info["size"],
-            sha256=info["sha256"],
-            storage_key=storage_key,
-            metrics=info["metrics"],
-        )
-    )
-    session.execute(
-        update(Checkpoint)
-        .where(and_(Checkpoint.job_id == job_id, Checkpoint.name.not_in(kept_names | {info["name"]})))
-        .values(deleted=True)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-
-
-def append_log(session: Session, job_id: str, attempt: int, level: str, message: str) -> None:
-    session.add(LogLine(job_id=job_id, attempt=attempt, level=level, message=message[:20_000]))
-    session.commit()
-
-
-def best_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
-    """The complete checkpoint with the highest test top-1 (the newest on ties)."""
-    candidates = session.scalars(
-        select(Checkpoint)
-        .where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False), Checkpoint.partial.is_(False))
-        .order_by(Checkpoint.epoch.desc())
-    ).all()
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: c.metrics.get("test/top1", float("-inf")))
-
-
-def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
-    return session.scalars(
-        select(Checkpoint)
-        .where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False))
-        .order_by(Checkpoint.epoch.desc(), Checkpoint.partial.asc(), Checkpoint.id.desc())
-        .limit(1)
-    ).first()

@@ -9,25 +9,16 @@ When a test fails, the tails of the processes' log files are attached to its rep
 from __future__ import annotations
 
 import secrets
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
-from ._support import (
-    MAIN_SPEC,
-    Service,
-    clean_env,
-    free_port,
-    log_tail,
-    pick_redis_db,
-    start_process,
-    stop_process,
-    wait_for,
-    wait_healthy,
-)
+from tsla_cli import stack
+from tsla_cli.stack import free_port, service_env, stop_process, wait_for, wait_healthy
+
+from ._support import MAIN_SPEC, Service, pick_redis_db, start_process
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -42,9 +33,9 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     import psycopg
     import redis
 
-    from tsla_cli.serve import migrate
-    from tsla_shared.db import get_engine, session_scope
-    from tsla_shared.tokens import create_token
+    from tsla_service.db import get_engine, session_scope
+    from tsla_service.migrate import upgrade_to_head
+    from tsla_service.tokens import create_token
 
     try:
         admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
@@ -63,7 +54,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         admin.execute(f'CREATE DATABASE "{db_name}"')
         cleanup.callback(admin.execute, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
-        migrate(url)
+        upgrade_to_head(url)
         token = f"tsla_it_{secrets.token_urlsafe(16)}"
         with session_scope(url) as session:
             create_token(session, f"it-{suffix}", token)
@@ -73,7 +64,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         cleanup.callback(broker.close)
         cleanup.callback(broker.flushdb)
 
-        env = clean_env(
+        env = service_env(
             TSLA_DATABASE_URL=url,
             TSLA_BROKER_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{broker_db}",
             TSLA_STORAGE_URL=str(root / "storage"),
@@ -82,37 +73,18 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             TSLA_LEASE_SECONDS=LEASE_SECONDS,
         )
         worker_log = root / "logs" / "worker.log"
-        worker = start_process(
-            [
-                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                "--pool", "solo", "--concurrency", "1", "--queues", queue,
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "--loglevel", "INFO", "--hostname", f"{queue}@%h",
-            ],
-            env,
-            worker_log,
-        )  # fmt: skip
+        worker = start_process(stack.worker_command([queue], hostname=f"{queue}@%h"), env, worker_log)
         cleanup.callback(stop_process, worker)
         port = free_port()
-        api = start_process(
-            [
-                sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            ],
-            env,
-            root / "logs" / "api.log",
-        )  # fmt: skip
+        api = start_process(stack.api_command("127.0.0.1", port), env, root / "logs" / "api.log")
         cleanup.callback(stop_process, api)
 
         base_url = f"http://127.0.0.1:{port}"
         wait_healthy(base_url, [api, worker], timeout=90)
 
-        def worker_ready() -> bool:
-            if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with {worker.returncode}")
-            return " ready." in log_tail(worker_log, 100_000)
-
-        wait_for(worker_ready, 120, "the celery worker to be ready", interval=0.3)
+        wait_for(
+            lambda: stack.worker_ready(worker, worker_log), 120, "the celery worker to be ready", interval=0.3
+        )
 
         service = Service(base_url, token, root / "home", queue, broker, worker_log)
         cleanup.callback(service.close)

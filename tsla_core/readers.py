@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tsla_shared.datasets import FASHION_MNIST_DEBIAN_DIR
+from tsla_spec.datasets import FASHION_MNIST_DEBIAN_DIR
 
 __all__ = ["FASHION_MNIST_DEBIAN_DIR"]  # re-exported: tests and callers import it from here
 

@@ -1,4 +1,4 @@
-"""Tests for tsla_core.datasets: tiny real-format files written here, read back exactly."""
+"""Tests for tsla_core.readers: tiny real-format files written here, read back exactly."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsla_core.datasets import (
+from tsla_core.readers import (
     FASHION_MNIST_DEBIAN_DIR,
     IMAGE_EXTENSIONS,
     ArraySplit,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -24,11 +24,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from tsla_shared.db import Base
-
-JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
-JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "canceled")
-FINISHED_STATES: tuple[str, ...] = ("succeeded", "failed", "canceled")
+from tsla_service.db import Base
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 BigId = BigInteger().with_variant(Integer(), "sqlite")

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
 
-from tsla_core.datasets import (
+from tsla_core.readers import (
     ArraySplit,
     DatasetError,
     make_synthetic,
@@ -28,8 +28,8 @@ from tsla_core.datasets import (
     read_fashion_mnist,
     read_image_folder_classes,
 )
-from tsla_shared.datasets import DATASETS
-from tsla_shared.spec import DataSpec
+from tsla_spec.datasets import DATASETS
+from tsla_spec.spec import DataSpec
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

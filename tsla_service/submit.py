@@ -1,0 +1,150 @@
+"""Submission: the one place that turns a request into a stored, enqueued job.
+
+validate the spec -> check it can run here (data set, teacher) -> check the caller's active-job cap
+-> insert the row (idempotently, per Idempotency-Key) -> remember the response -> send the id.
+The API's `POST /jobs` calls it; anything else that creates jobs must call it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tsla_service.models import Job
+from tsla_service.queue import send_job
+from tsla_service.settings import Settings
+from tsla_spec.datasets import DATASETS
+from tsla_spec.spec import RunSpec, SpecError, build_spec
+from tsla_spec.vocabulary import ACTIVE_STATES
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class ActiveJobLimit(Exception):
+    """The caller has as many queued + running jobs as it may (HTTP 429)."""
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key came with another request, or its first request is still in flight (409)."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a caller asks for: a raw spec (validated here), a name and a retry policy."""
+
+    raw_spec: Mapping[str, Any]
+    name: str | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    idempotency_key: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the request, to tell a retry (same request) from a reused key."""
+        fields = {"spec": self.raw_spec, "name": self.name, "max_attempts": self.max_attempts}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+# Renders the stored job as the response body the caller gets (and a retry gets again).
+Render = Callable[[Job], dict[str, Any]]
+
+
+def submit_job(
+    session: Session, settings: Settings, queue: Celery, owner: str, request: JobRequest, render: Render
+) -> dict[str, Any]:
+    """Store and enqueue the job; returns its response body (the first one, for a retried key)."""
+    replayed = replay(session, owner, request)
+    if replayed is not None:
+        return replayed
+    spec = build_spec(request.raw_spec)
+    teacher_job_id = check_runnable(session, settings, spec, owner)
+    check_active_cap(session, settings, owner)
+    job = new_job_row(spec, owner, request, teacher_job_id)
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the insert
+        session.rollback()
+        replayed = replay(session, owner, request)
+        if replayed is None:
+            raise IdempotencyConflict("a request with this Idempotency-Key is in progress") from None
+        return replayed
+    session.refresh(job)
+    job.create_response = render(job)
+    session.commit()
+    send_job(queue, session, job.id)
+    return job.create_response
+
+
+def replay(session: Session, owner: str, request: JobRequest) -> dict[str, Any] | None:
+    """The first response to this Idempotency-Key, None when the key is new (or not given)."""
+    if request.idempotency_key is None:
+        return None
+    existing = session.scalar(
+        select(Job).where(Job.owner == owner, Job.idempotency_key == request.idempotency_key)
+    )
+    if existing is None:
+        return None
+    if existing.request_hash != request.fingerprint:
+        raise IdempotencyConflict("Idempotency-Key was used before with a different request body")
+    return existing.create_response
+
+
+def check_runnable(session: Session, settings: Settings, spec: RunSpec, owner: str) -> str | None:
+    """Refuse what would only fail later on a worker; returns the teacher job id, if any."""
+    problem = DATASETS[spec.data.name].problem(settings.data_root)
+    if problem is not None:
+        raise SpecError(f"data.name: dataset {spec.data.name!r} is {problem}")
+    teacher = spec.smoothing.teacher
+    if teacher is None:
+        return None
+    if teacher.path is not None:
+        raise SpecError(
+            "smoothing.teacher.path: the service takes no file paths; name a finished job with teacher.job"
+        )
+    assert teacher.job is not None
+    teacher_job = session.get(Job, teacher.job)
+    if teacher_job is None or teacher_job.owner != owner:
+        raise SpecError(f"smoothing.teacher.job: job {teacher.job} does not exist")
+    if teacher_job.state != "succeeded":
+        raise SpecError(
+            f"smoothing.teacher.job: job {teacher.job} is {teacher_job.state}; only a succeeded job can teach"
+        )
+    if teacher_job.dataset != spec.data.name:
+        raise SpecError(
+            f"smoothing.teacher.job: job {teacher.job} was trained on {teacher_job.dataset}, "
+            f"not {spec.data.name}"
+        )
+    return teacher_job.id
+
+
+def check_active_cap(session: Session, settings: Settings, owner: str) -> None:
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.owner == owner, Job.state.in_(ACTIVE_STATES))
+    )
+    limit = settings.max_active_jobs_per_token
+    if active is not None and active >= limit:
+        raise ActiveJobLimit(f"{active} jobs are queued or running for this token; the limit is {limit}")
+
+
+def new_job_row(spec: RunSpec, owner: str, request: JobRequest, teacher_job_id: str | None) -> Job:
+    return Job(
+        name=request.name or f"{spec.smoothing.method}-{spec.data.name}",
+        owner=owner,
+        state="queued",
+        spec=spec.model_dump(mode="json"),
+        method=spec.smoothing.method,
+        dataset=spec.data.name,
+        epochs=spec.epochs,
+        teacher_job_id=teacher_job_id,
+        max_attempts=request.max_attempts,
+        idempotency_key=request.idempotency_key,
+        request_hash=request.fingerprint,
+    )
