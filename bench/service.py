@@ -3,23 +3,26 @@
     .venv/bin/python bench/service.py [--only a,b,c] [--quick] [--runs N] [--requests N] [--pairs N]
                                       [--redis-db N]
 
-Everything runs against processes this script starts and stops itself:
+Everything runs against processes this script starts and stops itself, with the command lines of
+`tsla_cli.stack` (the one launcher; `tsla serve` and the integration tests use it too):
 
   postgres stack  a fresh PostgreSQL database `tsla_bench_<random>` (created on 127.0.0.1:5432 from db
-                  `test`, migrated with `tsla_cli.serve.migrate`, dropped WITH (FORCE) at the end),
-                  Redis db 15 (--redis-db; tests use 1..14) as the broker (flushed before and after), a real
-                  `celery -A worker.celery_app worker --pool solo` on a unique queue and a real
-                  `uvicorn api.main:create_app --factory` on a free port; TSLA_HOME and the
-                  checkpoints in a temporary folder.
-  embedded stack  `python -m tsla_cli serve --home <tmp> --port <free>` (SQLite + the filesystem broker
-                  + its own worker process), only for (a).
+                  `test`, migrated with `tsla_service.migrate.upgrade_to_head`, dropped WITH (FORCE) at
+                  the end), Redis db 15 (--redis-db; tests use 1..14) as the broker (flushed before and
+                  after), a real celery worker (`python -m worker --pool solo`, stack.worker_command) on
+                  a unique queue and a real `uvicorn api.main:create_app --factory` (stack.api_command)
+                  on a free port; TSLA_HOME and the checkpoints in a temporary folder.
+  embedded stack  `python -m tsla_cli serve --home <tmp> --port <free>` (stack.serve_command: SQLite +
+                  the filesystem broker + its own worker process), only for (a).
 
-Every process runs in its own session and is killed at the end, also on errors, Ctrl-C and SIGTERM.
-The API wants a bearer token: the script registers a random one in the database
-(`tsla_service.tokens.ensure_token`) or hands it to `tsla serve` as $TSLA_TOKEN. Submissions carry an
-Idempotency-Key, and API calls outside the timed ones are retried on 5xx and connection errors for up
-to a minute (a shared machine's tests restart PostgreSQL and Redis); each such error is printed and
-counted, and a restart of PostgreSQL or Redis during the run is reported next to the summary.
+Every process runs in its own session (stack.start_process) and its process group is killed at the
+end (stack.stop_process), also on errors, Ctrl-C and SIGTERM. The API wants a bearer token: the
+script registers a random one in the database (`tsla_service.tokens.ensure_token`) or hands it to
+`tsla serve` as $TSLA_TOKEN, and talks to the API through `tsla_cli.client.TslaClient`. Submissions
+carry an Idempotency-Key, and API calls outside the timed ones are retried on 5xx and connection
+errors for up to a minute (a shared machine's tests restart PostgreSQL and Redis); each such error
+is printed and counted, and a restart of PostgreSQL or Redis during the run is reported next to
+the summary.
 
 (a) submit -> running latency with an idle worker (goal: <= 1 s).
     One warm-up job (not counted), then N jobs (default 10, --quick 3) of
@@ -82,14 +85,12 @@ import math
 import os
 import secrets
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,15 +99,31 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 
+from tsla_cli.client import ApiError, TslaClient, raise_for_status
+from tsla_cli.stack import (
+    api_command,
+    free_port,
+    serve_command,
+    service_env,
+    start_process,
+    stop_process,
+    wait_for,
+    wait_healthy,
+    worker_command,
+    worker_ready,
+)
+from tsla_service.migrate import upgrade_to_head
+from tsla_spec.vocabulary import FINISHED_STATES
+
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_PATH = REPO_ROOT / "bench" / "results" / "service.json"
 PG_SERVER = "postgres@127.0.0.1:5432"
 PG_ADMIN = f"postgresql://{PG_SERVER}/test"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-FINISHED = ("succeeded", "failed", "canceled")
 SECTIONS = ("a", "b", "c")
 API_RETRY_S = 60.0  # how long an untimed API call waits out 5xx and connection errors
+STOP_GRACE_S = 10.0  # SIGTERM to SIGKILL (a solo worker in the middle of a task would finish it first)
 
 LATENCY_JOB: dict[str, Any] = {"preset": "digits", "epochs": 1, "smoothing": {"method": "lsr"}}
 LATENCY_POLL_S = 0.02
@@ -141,20 +158,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**tsla: str) -> dict[str, str]:
-    """This process's environment without any TSLA_* variable, plus the given ones."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSLA_")}
-    env.update({f"TSLA_{key.upper()}": value for key, value in tsla.items()})
-    return env
-
-
 def parse_time(text: str) -> datetime:
     """An API timestamp; a naive one is UTC."""
     moment = datetime.fromisoformat(text)
@@ -181,87 +184,63 @@ def new_token() -> str:
 # --- processes --------------------------------------------------------------------------------
 
 
-@dataclass
 class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
+    """A process started by `tsla_cli.stack` in its own session (Ctrl-C stays with us), stopped with
+    `stack` (SIGTERM, SIGKILL after `STOP_GRACE_S`); its name and log are for error messages."""
+
+    def __init__(
+        self, stack: ExitStack, name: str, command: Sequence[str], env: Mapping[str, str], log_path: Path
+    ) -> None:
+        self.name, self.log_path = name, log_path
+        self.popen = start_process(command, env, log_path, cwd=REPO_ROOT)
+        stack.callback(stop_process, self.popen, grace=STOP_GRACE_S)
 
     def check(self) -> None:
         if self.popen.poll() is not None:
             raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{tail(self.log_path)}")
 
 
-def spawn(stack: ExitStack, name: str, command: list[str], env: dict[str, str], log_path: Path) -> Proc:
-    """Start `command` in its own session (Ctrl-C stays with us); it is killed when `stack` closes."""
-    with log_path.open("ab") as output:
-        popen = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    proc = Proc(name, popen, log_path)
-    stack.callback(stop, proc)
-    return proc
-
-
-def stop(proc: Proc, grace_s: float = 10.0) -> None:
-    """SIGTERM to the process group, then SIGKILL to whatever is left after `grace_s` (a solo
-    worker in the middle of a task would otherwise finish training first)."""
-    group = proc.popen.pid  # start_new_session: the group id is the leader's pid
-    if proc.popen.poll() is None:
-        signal_group(group, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(timeout=grace_s)
-    signal_group(group, signal.SIGKILL)
-    proc.popen.wait()
-
-
-def signal_group(group: int, sig: signal.Signals) -> None:
-    with suppress(ProcessLookupError):  # the group may be gone already
-        os.killpg(group, sig)
-
-
-def wait_worker_ready(proc: Proc, log_path: Path, timeout_s: float = 180.0) -> float:
+def wait_ready(proc: Proc, worker_log: Path, timeout_s: float = 180.0) -> float:
     """Seconds until the worker logs `ready.` (Celery's line once it consumes); warns on timeout."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if log_path.exists() and " ready." in log_path.read_text(errors="replace"):
-            return time.monotonic() - started
-        proc.check()
-        time.sleep(0.2)
-    log(f"warning: no 'ready.' in {log_path} after {timeout_s}s; the warm-up job will wait for the worker")
-    return timeout_s
+    try:
+        wait_for(lambda: worker_ready(proc.popen, worker_log), timeout_s, "the worker", interval=0.2)
+    except TimeoutError:
+        log(f"warning: no 'ready.' in {worker_log} after {timeout_s}s; the warm-up job will wait for it")
+    return time.monotonic() - started
 
 
 # --- the API ----------------------------------------------------------------------------------
 
 
-class ApiError(RuntimeError):
-    pass
-
-
 @dataclass
 class Api:
-    """httpx with the bench's token; untimed calls wait out 5xx and connection errors, and each
-    such error is kept in `errors` (the summary counts them)."""
+    """A `TslaClient` with the bench's token; untimed calls wait out 5xx and connection errors, and
+    each such error is kept in `errors` (the summary counts them)."""
 
-    http: httpx.Client
+    client: TslaClient
+    base_url: str
     errors: list[str] = field(default_factory=list)
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    @property
+    def http(self) -> httpx.Client:
+        """The client's authenticated keep-alive connection, for the timed raw GETs."""
+        return self.client.http
+
+    def call(self, what: str, action: Callable[[], T]) -> T:
         deadline = time.monotonic() + API_RETRY_S
         while True:
             try:
-                response = self.http.request(method, path, **kwargs)
-                if response.status_code < 500:
-                    if response.status_code >= 400:
-                        raise ApiError(f"{method} {path} -> {response.status_code}: {response.text[:300]}")
-                    return response.json()
-                problem = f"{response.status_code} {response.text[:200]}"
+                return action()
+            except ApiError as error:
+                if error.status < 500:
+                    raise ApiError(error.status, f"{what} -> {error}") from None
+                problem = str(error)[:200]
             except httpx.TransportError as error:
                 problem = f"{type(error).__name__}: {error}"
-            self.note_error(f"{method} {path}: {problem}")
+            self.note_error(f"{what}: {problem}")
             if time.monotonic() > deadline:
-                raise ApiError(f"{method} {path} kept failing for {API_RETRY_S:g}s: {problem}")
+                raise RuntimeError(f"{what} kept failing for {API_RETRY_S:g}s: {problem}")
             time.sleep(0.5)
 
     def note_error(self, message: str) -> None:
@@ -269,31 +248,25 @@ class Api:
         log(f"API error (retrying): {message}")
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Idempotency-Key": secrets.token_hex(16)}  # a retried POST cannot make a second job
-        job: dict[str, Any] = self.call("POST", "/jobs", json=body, headers=headers)
-        return job
+        key = secrets.token_hex(16)  # a retried POST cannot make a second job
+        return self.call("POST /jobs", lambda: self.client.submit(body, idempotency_key=key))
 
     def job(self, job_id: str) -> dict[str, Any]:
-        job: dict[str, Any] = self.call("GET", f"/jobs/{job_id}")
-        return job
+        return self.call(f"GET /jobs/{job_id}", lambda: self.client.get(job_id))
+
+    def metrics_page(self, job_id: str, limit: int, name: str) -> dict[str, Any]:
+        return self.call(
+            f"GET /jobs/{job_id}/metrics", lambda: self.client.metrics_page(job_id, limit=limit, name=name)
+        )
 
     def wait_healthy(self, proc: Proc, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            proc.check()
-            with suppress(httpx.HTTPError):
-                if self.http.get("/healthz").status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{proc.name} not healthy after {timeout_s}s:\n{tail(proc.log_path)}")
-            time.sleep(0.2)
+        wait_healthy(self.base_url, [proc.popen], timeout_s)
 
 
 def make_api(stack: ExitStack, port: int, token: str, errors: list[str]) -> Api:
     """A client of the API on `port`, closed with `stack`; its retried errors go to `errors`."""
-    headers = {"Authorization": f"Bearer {token}"}
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60)
-    return Api(stack.enter_context(http), errors)
+    base_url = f"http://127.0.0.1:{port}"
+    return Api(stack.enter_context(TslaClient(base_url, token, timeout=60)), base_url, errors)
 
 
 # --- the stacks -------------------------------------------------------------------------------
@@ -372,8 +345,6 @@ def flush_redis(db: int, when: str) -> None:
 
 def start_postgres_stack(stack: ExitStack, tmp: Path, redis_db: int, errors: list[str]) -> Service:
     """Fresh database + Redis + a celery worker + uvicorn, all real processes."""
-    from tsla_service.migrate import upgrade_to_head
-
     database = create_database(stack)
     url = f"postgresql+psycopg://{PG_SERVER}/{database}"
     upgrade_to_head(url)
@@ -384,28 +355,19 @@ def start_postgres_stack(stack: ExitStack, tmp: Path, redis_db: int, errors: lis
     queue = f"bench-{secrets.token_hex(4)}"
     home = tmp / "pg-home"
     home.mkdir()
-    env = clean_env(
-        database_url=url,
-        broker_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
-        queue=queue,
-        storage_url=str(home / "checkpoints"),
-        home=str(home),
+    env = service_env(
+        TSLA_DATABASE_URL=url,
+        TSLA_BROKER_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
+        TSLA_QUEUE=queue,
+        TSLA_STORAGE_URL=str(home / "checkpoints"),
+        TSLA_HOME=str(home),
     )
-    worker_command = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-        "--concurrency", "1", "--queues", queue, "--without-gossip", "--without-mingle",
-        "--without-heartbeat", "--loglevel", "INFO",
-    ]  # fmt: skip
-    worker = spawn(stack, "celery worker", worker_command, env, tmp / "worker.log")
+    worker = Proc(stack, "celery worker", worker_command([queue]), env, tmp / "worker.log")
     port = free_port()
-    api_command = [
-        sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
-        "--port", str(port), "--log-level", "info", "--no-access-log",
-    ]  # fmt: skip
-    server = spawn(stack, "uvicorn", api_command, env, tmp / "api.log")
+    server = Proc(stack, "uvicorn", api_command("127.0.0.1", port), env, tmp / "api.log")
     api = make_api(stack, port, token, errors)
     api.wait_healthy(server)
-    ready_s = wait_worker_ready(worker, worker.log_path)
+    ready_s = wait_ready(worker, worker.log_path)
     log(f"postgres stack up: db {database}, queue {queue}, api :{port}, worker ready after {ready_s:.1f} s")
     conninfo = f"postgresql://{PG_SERVER}/{database}"
     return Service("postgres+redis", api, [worker, server], conninfo, token_id, worker.popen.pid)
@@ -415,12 +377,12 @@ def start_embedded_stack(stack: ExitStack, tmp: Path, errors: list[str]) -> Serv
     """`tsla serve`: SQLite, the filesystem broker and its own worker, under a temporary home."""
     home = tmp / "embedded-home"
     port = free_port()
-    command = [sys.executable, "-m", "tsla_cli", "serve", "--home", str(home), "--port", str(port)]
     token = new_token()  # `tsla serve` registers $TSLA_TOKEN
-    proc = spawn(stack, "tsla serve", command, clean_env(token=token), tmp / "embedded.log")
+    env = service_env(TSLA_TOKEN=token)
+    proc = Proc(stack, "tsla serve", serve_command(home, port), env, tmp / "embedded.log")
     api = make_api(stack, port, token, errors)
     api.wait_healthy(proc)
-    ready_s = wait_worker_ready(proc, home / "logs" / "worker.log")
+    ready_s = wait_ready(proc, home / "logs" / "worker.log")
     log(f"embedded stack up: home {home}, api :{port}, worker ready after {ready_s:.1f} s")
     return Service("embedded sqlite+fs", api, [proc])
 
@@ -429,7 +391,7 @@ def wait_succeeded(service: Service, job_id: str, timeout_s: float, poll_s: floa
     deadline = time.monotonic() + timeout_s
     while True:
         job = service.api.job(job_id)
-        if job["state"] in FINISHED:
+        if job["state"] in FINISHED_STATES:
             if job["state"] != "succeeded":
                 raise RuntimeError(f"job {job_id} {job['state']}: {job['error']}")
             return job
@@ -645,24 +607,18 @@ def timed_page(api: Api, job_id: str, after: int, case: PageCase) -> float:
     params: dict[str, Any] = {"after": after, "limit": PAGE}
     if case.name is not None:
         params["name"] = case.name
-    for _ in range(100):
+
+    def timed_get() -> tuple[float, httpx.Response]:
         started = time.perf_counter()
-        try:
-            response = api.http.get(f"/jobs/{job_id}/metrics", params=params)
-        except httpx.TransportError as error:
-            api.note_error(f"GET metrics {params}: {type(error).__name__}: {error}")
-            time.sleep(0.5)
-            continue
+        response = api.http.get(f"/jobs/{job_id}/metrics", params=params)
         elapsed = time.perf_counter() - started
-        if response.status_code == 200:
-            if len(response.json()["items"]) != PAGE:
-                raise ApiError(f"metrics page {params} of {job_id}: not {PAGE} rows: {response.text[:300]}")
-            return elapsed
-        if response.status_code < 500:
-            raise ApiError(f"metrics page {params} of {job_id}: {response.status_code} {response.text[:300]}")
-        api.note_error(f"GET metrics {params}: {response.status_code} {response.text[:200]}")
-        time.sleep(0.5)
-    raise ApiError(f"metrics page {params} of {job_id} failed 100 times")
+        raise_for_status(response)
+        return elapsed, response
+
+    elapsed, response = api.call(f"GET metrics {params} of {job_id}", timed_get)
+    if len(response.json()["items"]) != PAGE:
+        raise RuntimeError(f"metrics page {params} of {job_id}: not {PAGE} rows: {response.text[:300]}")
+    return elapsed
 
 
 def measure_case(api: Api, jobs: dict[str, tuple[str, int]], case: PageCase, requests: int) -> dict[str, Any]:
@@ -792,7 +748,7 @@ def run_core(stack: ExitStack, tmp: Path, spec: dict[str, Any], index: int) -> T
         str(spec_path),
         str(result_path),
     ]
-    proc = spawn(stack, "core run", command, clean_env(), tmp / f"core-{index}.log")
+    proc = Proc(stack, "core run", command, service_env(), tmp / f"core-{index}.log")
     if proc.popen.wait() != 0:
         raise RuntimeError(f"core run failed ({proc.popen.returncode}):\n{tail(proc.log_path)}")
     found = json.loads(result_path.read_text())
@@ -806,9 +762,7 @@ def run_service(service: Service, spec: dict[str, Any]) -> ThroughputRun:
     final = wait_succeeded(service, job["id"], timeout_s=3600, poll_s=1.0)
     cpu = process_cpu_s(service.worker_pid) - cpu_before
     wall = (parse_time(final["finished_at"]) - parse_time(final["started_at"])).total_seconds()
-    page = service.api.call(
-        "GET", f"/jobs/{job['id']}/metrics", params={"name": "images_per_s", "limit": 1000}
-    )
+    page = service.api.metrics_page(job["id"], limit=1000, name="images_per_s")
     rows = sorted((r for r in page["items"] if r["split"] == "train"), key=lambda r: r["epoch"])
     return ThroughputRun("service", [r["value"] for r in rows], cpu, wall)
 

@@ -29,7 +29,7 @@ DATABASE = {"sqlalchemy", "alembic", "psycopg"}
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "tsla_spec": ({"tsla_spec"}, TORCH | WEB | QUEUE | DATABASE | {"fsspec"}),
     "tsla_core": ({"tsla_core", "tsla_spec"}, WEB | QUEUE | DATABASE | {"fsspec"}),
-    "tsla_service": ({"tsla_service", "tsla_spec", "migrations"}, TORCH | {"fastapi", "starlette", "uvicorn"}),
+    "tsla_service": ({"tsla_service", "tsla_spec", "migrations"}, TORCH | {"fastapi", "starlette"}),
     "api": ({"api", "tsla_service", "tsla_spec"}, TORCH),
 }
 
@@ -69,8 +69,8 @@ def loaded_after_importing(package: str) -> set[str]:
         "        importlib.import_module(info.name)\n"
         "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
-    return set(result.stdout.split())
+    command = [sys.executable, "-c", probe]
+    return set(subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True).stdout.split())
 
 
 @pytest.mark.parametrize("package", RULES)
