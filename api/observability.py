@@ -71,7 +71,8 @@ class JobsCollector(Collector):
             "tsla_job_images_per_second", "Training images/s of running jobs", labels=["job"]
         )
         for job_id, value in speeds:
-            images.add_metric([job_id], value)
+            if value is not None:  # a non-finite value is stored as NULL
+                images.add_metric([job_id], value)
         yield images
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,7 +81,10 @@ class MetricPublic(BaseModel):
     step: int
     split: str
     name: str
-    value: float
+    value: float | None = Field(description="null when the value is not finite (see `nonfinite`)")
+    nonfinite: Literal["nan", "inf", "-inf"] | None = Field(
+        None, description="a NaN or infinite value, which JSON cannot carry as a number"
+    )
     stage: str
     attempt: int
     time: datetime
@@ -120,7 +123,7 @@ class CheckpointPublic(BaseModel):
     partial: bool
     size: int
     sha256: str
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     created_at: datetime
 
 

@@ -94,16 +94,33 @@ class Job(Base):
 
 
 class ApiToken(Base):
-    """A bearer token, stored as its sha256; the jobs it creates are visible to it alone."""
+    """A bearer token, stored as its sha256; the jobs it creates are visible to it alone.
+
+    `role` is "user", or "operator" for tokens that may also read the service-wide `/metrics`."""
 
     __tablename__ = "api_tokens"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
     # Python-side defaults: SQLite's CURRENT_TIMESTAMP has whole-second resolution.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set by every submission; the UPDATE that sets it also serialises one token's submissions.
+    last_submit_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WorkerBeat(Base):
+    """A worker process that consumes the queue, as last seen; readiness reads it."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid:random
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    job_id: Mapped[str | None] = mapped_column(String(32))  # the job it trains, if any
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class Metric(Base):
@@ -117,7 +134,9 @@ class Metric(Base):
     step: Mapped[int] = mapped_column(Integer)
     split: Mapped[str] = mapped_column(String(8))
     name: Mapped[str] = mapped_column(String(64))
-    value: Mapped[float] = mapped_column(Float)
+    # NULL with `nonfinite` set for a NaN or infinite value: every backend and JSON carry that.
+    value: Mapped[float | None] = mapped_column(Float)
+    nonfinite: Mapped[str | None] = mapped_column(String(4))  # "nan", "inf" or "-inf"
     stage: Mapped[str] = mapped_column(String(8))
     attempt: Mapped[int] = mapped_column(Integer)
     time: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
@@ -141,8 +160,10 @@ class Checkpoint(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(500))
-    metrics: Mapped[dict[str, float]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, float | None]] = mapped_column(JSON)  # null: not finite
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Found damaged (sha256 mismatch) when a worker tried to resume from it: never offered again.
+    corrupt: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     # Python-side defaults: SQLite's CURRENT_TIMESTAMP has whole-second resolution.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
 

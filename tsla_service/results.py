@@ -3,6 +3,7 @@ records and read by the API. Each write is one transaction."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from sqlalchemy import Select, and_, delete, select, tuple_, update
@@ -37,7 +38,8 @@ def record_metrics(session: Session, job_id: str, attempt: int, rows: Sequence[M
             step=row.step,
             split=row.split,
             name=row.name,
-            value=row.value,
+            value=row.value if math.isfinite(row.value) else None,
+            nonfinite=nonfinite_name(row.value),
             stage=row.stage,
             attempt=attempt,
         )
@@ -46,10 +48,24 @@ def record_metrics(session: Session, job_id: str, attempt: int, rows: Sequence[M
     job = session.get(Job, job_id)
     if job is not None:
         job.epochs_done = max(job.epochs_done, max(row.epoch for row in rows) + 1)
-        top1 = [row.value for row in rows if row.key == TEST_TOP1]
+        top1 = [row.value for row in rows if row.key == TEST_TOP1 and math.isfinite(row.value)]
         if top1:
             job.best_top1 = max(top1[0], job.best_top1 or float("-inf"))
     session.commit()
+
+
+def nonfinite_name(value: float) -> str | None:
+    """ "nan", "inf" or "-inf" for a value JSON and SQLite cannot hold as a number; None if finite."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return None
+
+
+def finite_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+    """A checkpoint's metrics as JSON can store them: non-finite values become null."""
+    return {key: value if math.isfinite(value) else None for key, value in metrics.items()}
 
 
 def record_checkpoint(
@@ -66,7 +82,7 @@ def record_checkpoint(
             size=record.size,
             sha256=record.sha256,
             storage_key=storage_key,
-            metrics=record.metrics,
+            metrics=finite_metrics(record.metrics),
         )
     )
     session.execute(
@@ -87,8 +103,11 @@ def append_log(session: Session, job_id: str, attempt: int, level: str, message:
 
 
 def visible_checkpoints(job_id: str) -> Select[Checkpoint]:
-    """The job's checkpoints whose files are still kept (retention marks pruned ones deleted)."""
-    return select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False))
+    """The job's checkpoints whose files are kept and sound: retention marks pruned ones deleted, a
+    worker that found one damaged on resume marks it corrupt."""
+    return select(Checkpoint).where(
+        Checkpoint.job_id == job_id, Checkpoint.deleted.is_(False), Checkpoint.corrupt.is_(False)
+    )
 
 
 def list_checkpoints(session: Session, job_id: str, after_id: int = 0) -> list[Checkpoint]:
@@ -104,7 +123,13 @@ def best_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
     ).all()
     if not candidates:
         return None
-    return max(candidates, key=lambda c: c.metrics.get(TEST_TOP1, float("-inf")))
+    return max(candidates, key=lambda c: top1_of(c.metrics))
+
+
+def top1_of(metrics: dict[str, float | None]) -> float:
+    """A checkpoint's test top-1 for ranking: missing or non-finite ranks last."""
+    value = metrics.get(TEST_TOP1)
+    return float("-inf") if value is None else value
 
 
 def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:

@@ -1,8 +1,15 @@
 """Submission: the one place that turns a request into a stored, enqueued job.
 
-validate the spec -> check it can run here (data set, teacher) -> check the caller's active-job cap
--> insert the row (idempotently, per Idempotency-Key) -> remember the response -> send the id.
-The API's `POST /jobs` calls it; anything else that creates jobs must call it too.
+validate the spec -> lock the caller's token row -> replay a retried Idempotency-Key -> check the
+job can run here (data set, teacher) -> check the caller's active-job cap -> insert the row with
+its response -> commit -> send the id. The API's `POST /jobs` calls it; anything else that
+creates jobs must call it too.
+
+The lock makes the cap and the idempotent insert atomic: it is an UPDATE of the caller's token
+row, the first statement of the transaction, so one token's submissions run one at a time on
+PostgreSQL (a row lock until commit) and on SQLite (the database's write lock, which a
+transaction that starts with a write takes at once), while other tokens' submissions and all
+reads go on.
 """
 
 from __future__ import annotations
@@ -14,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tsla_service.models import Job
+from tsla_service.models import ApiToken, Job, utcnow
 from tsla_service.queue import send_job
 from tsla_service.settings import Settings
 from tsla_spec.datasets import DATASETS
@@ -60,27 +67,39 @@ def submit_job(
     session: Session, settings: Settings, queue: Celery, owner: str, request: JobRequest, render: Render
 ) -> dict[str, Any]:
     """Store and enqueue the job; returns its response body (the first one, for a retried key)."""
-    replayed = replay(session, owner, request)
-    if replayed is not None:
-        return replayed
     spec = build_spec(request.raw_spec)
-    teacher_job_id = check_runnable(session, settings, spec, owner)
-    check_active_cap(session, settings, owner)
-    job = new_job_row(spec, owner, request, teacher_job_id)
-    session.add(job)
     try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same key won the insert
-        session.rollback()
+        lock_submissions(session, owner)
         replayed = replay(session, owner, request)
-        if replayed is None:
-            raise IdempotencyConflict("a request with this Idempotency-Key is in progress") from None
-        return replayed
-    session.refresh(job)
-    job.create_response = render(job)
-    session.commit()
+        if replayed is not None:
+            session.rollback()
+            return replayed
+        teacher_job_id = check_runnable(session, settings, spec, owner)
+        check_active_cap(session, settings, owner)
+        job = new_job_row(spec, owner, request, teacher_job_id)
+        session.add(job)
+        session.flush()  # fills in the id and timestamps the response shows
+        job.create_response = render(job)
+        session.commit()
+    except IntegrityError:  # a duplicate key that the lock did not order (not expected)
+        session.rollback()
+        raise IdempotencyConflict("a request with this Idempotency-Key is in progress") from None
+    except BaseException:
+        session.rollback()
+        raise
     send_job(queue, session, job.id)
     return job.create_response
+
+
+def lock_submissions(session: Session, owner: str) -> None:
+    """Start a transaction that holds `owner`'s submission lock until it ends (see the module doc)."""
+    session.commit()  # end any transaction the request's reads began: the lock must come first
+    session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == owner)
+        .values(last_submit_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def replay(session: Session, owner: str, request: JobRequest) -> dict[str, Any] | None:
