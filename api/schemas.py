@@ -39,6 +39,7 @@ class JobCreate(BaseModel):
     device: str | None = None
     precision: str | None = None
     channels_last: bool | None = None
+    on_nonfinite: str | None = None
 
     def spec_fields(self) -> dict[str, Any]:
         """The spec part of the body; a null field means "not given" (the preset's or default)."""

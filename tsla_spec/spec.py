@@ -143,6 +143,9 @@ class RunSpec(StrictModel):
     # "auto": bf16 autocast where the hardware supports it, else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
+    # A NaN or infinite training loss or test metric at the end of an epoch: "fail" ends the run
+    # ("diverged: train/loss is NaN at epoch 3"); "continue" trains on and records the values.
+    on_nonfinite: Literal["fail", "continue"] = "fail"
 
     @model_validator(mode="after")
     def _epochs_cover_switch(self) -> RunSpec:
