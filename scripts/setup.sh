@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 if [ ! -x .venv/bin/python ]; then
+  # A fresh Debian may lack python3, and has no `venv` module for its python3 without
+  # python3-venv (ensurepip lives there); a python of its own (pyenv, python.org) has both.
+  if ! command -v "$python" >/dev/null; then
+    scripts/system-packages.sh python3 python3-venv
+  elif ! "$python" -c "import ensurepip" 2>/dev/null; then
+    scripts/system-packages.sh python3-venv
+  fi
   echo "setup: creating .venv with $($python --version)"
   "$python" -m venv .venv
 fi

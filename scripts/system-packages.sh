@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Debian packages the tests need: the real Fashion-MNIST files and docker-compose (to validate
-# docker-compose.yml without a Docker engine). Installs only what is missing.
+# Install the Debian packages named as arguments, only those not installed yet (noninteractive,
+# with sudo when not root). scripts/test.sh names what the tests need: the real Fashion-MNIST
+# files, docker-compose (to validate docker-compose.yml without a Docker engine), chromium (the
+# dashboard tests), PostgreSQL and Redis (the integration tests) and g++ (the fused kernel).
 set -euo pipefail
 missing=()
 for package in "$@"; do
-  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  # `dpkg -s` also succeeds for a removed package whose configuration files remain: ask for
+  # "installed" itself.
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+  [ "$status" = installed ] || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: apt-get install ${missing[*]}"
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
