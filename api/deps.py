@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from celery import Celery
@@ -77,6 +79,35 @@ def owned_job(job_id: Annotated[str, Path(max_length=64)], session: SessionDep, 
 OwnedJob = Annotated[Job, Depends(owned_job)]
 
 
+@dataclass(frozen=True)
+class StreamAccess:
+    """A job the caller owns and the token that showed it, for a response that outlives the request."""
+
+    job_id: str
+    token_id: str
+
+
+async def stream_access(
+    request: Request,
+    job_id: Annotated[str, Path(max_length=64)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> StreamAccess:
+    """OwnedJob's checks for a streaming response, on a session closed before the stream starts
+    (a SessionDep would hold its connection for the stream's whole life), in the event feeds'
+    own threads (api/feeds.py), so that a burst of streams never queues the other endpoints."""
+
+    def check(sessions: Callable[[], Session]) -> StreamAccess:
+        with sessions() as session:
+            token = current_token(session, credentials)
+            return StreamAccess(owned_job(job_id, session, token).id, token.id)
+
+    access: StreamAccess = await request.app.state.feeds.run(check)
+    return access
+
+
+OwnedJobStream = Annotated[StreamAccess, Depends(stream_access)]
+
+
 def query_names(dependant: Dependant) -> set[str]:
     """Query parameter names a route declares, its dependencies' included."""
     names = {param.alias for param in dependant.query_params}
@@ -86,12 +117,20 @@ def query_names(dependant: Dependant) -> set[str]:
 
 
 def reject_unknown_query(request: Request) -> None:
-    """Unknown query parameters are a 422, like unknown body fields: a typo is never ignored."""
+    """Unknown or repeated query parameters are a 422, like unknown body fields: a typo is never
+    ignored, and no parameter is a list, so `?after=1&after=9` would silently drop a value."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    unknown = sorted(set(request.query_params) - query_names(route.dependant))
+    given = [key for key, _ in request.query_params.multi_items()]
+    unknown = sorted(set(given) - query_names(route.dependant))
     if unknown:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown query parameter(s): {', '.join(unknown)}"
+        )
+    repeated = sorted(key for key, count in Counter(given).items() if count > 1)
+    if repeated:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"query parameter(s) given more than once: {', '.join(repeated)}",
         )

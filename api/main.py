@@ -2,33 +2,59 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI
 
 from api import dashboard, errors
 from api.deps import reject_unknown_query
-from api.limits import BodySizeLimit
-from api.observability import Observability
+from api.feeds import FeedRegistry
+from api.limits import RequestGuard
+from api.observability import MeasureLatency, Observability
 from api.routes import checkpoints, events, jobs, meta, metrics
+from api.security import SecurityHeaders
+from tsla_service.permissions import owner_only_files
 from tsla_service.queue import make_celery
+from tsla_service.reaper import Reaper
 from tsla_service.settings import Settings, get_settings
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While the API serves, it also reaps: lost workers' jobs are re-queued even when no worker runs."""
+    reaper = Reaper(app.state.settings, app.state.queue)
+    reaper.start()
+    try:
+        yield
+    finally:
+        reaper.stop()
+        await app.state.feeds.close()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API for `settings` (default: the TSLA_* environment)."""
+    """The API for `settings` (default: the TSLA_* environment). Files this process creates from
+    now on are its owner's alone (a process-wide umask)."""
+    owner_only_files()
     app = FastAPI(
         title="TSLA training service",
         summary="Two-stage label smoothing training jobs over HTTP",
         version="0.1.0",
         dependencies=[Depends(reject_unknown_query)],
+        docs_url=None,  # served from the package by api.dashboard, not from a CDN
+        redoc_url=None,
+        lifespan=lifespan,
     )
     settings = settings or get_settings()
     app.state.settings = settings
     app.state.queue = make_celery(settings, "tsla-api")
     app.state.observability = Observability(settings)
-    app.middleware("http")(app.state.observability.measure)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.state.feeds = FeedRegistry(settings)  # event streams: one poller per watched job
+    app.add_middleware(MeasureLatency, observability=app.state.observability)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     errors.install(app)
     for module in (jobs, metrics, checkpoints, events, meta):
         app.include_router(module.router)
     dashboard.install(app)
+    app.add_middleware(SecurityHeaders)
     return app

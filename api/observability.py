@@ -2,27 +2,30 @@
 
 Request latency is measured in this process. Job figures are read from the database at scrape
 time, so every API replica reports the same truth and nothing is lost when one restarts:
-jobs by state, queue depth, the histogram of epoch durations, and images/s of running jobs.
+jobs by state, queue depth, live workers, the histogram of epoch durations, and images/s of
+running jobs. Only operator tokens may read it: it names every token's running jobs.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
-from fastapi import Request, Response
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import and_, case, func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tsla_service.db import session_factory
 from tsla_service.models import Job
 from tsla_service.models import Metric as MetricRow
 from tsla_service.settings import Settings
+from tsla_service.workers import live_workers
 from tsla_spec.vocabulary import JOB_STATES
 
 EPOCH_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class JobsCollector(Collector):
@@ -50,6 +53,7 @@ class JobsCollector(Collector):
                     latest, and_(MetricRow.job_id == latest.c.job_id, MetricRow.seq == latest.c.seq)
                 )
             ).all()
+            workers = len(live_workers(session))
 
         jobs = GaugeMetricFamily("tsla_jobs", "Jobs by state", labels=["state"])
         for state in JOB_STATES:
@@ -58,6 +62,7 @@ class JobsCollector(Collector):
         yield GaugeMetricFamily(
             "tsla_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0)
         )
+        yield GaugeMetricFamily("tsla_workers", "Worker processes seen consuming lately", value=workers)
         count, total, *cumulative = epoch_row
         buckets = [(str(float(b)), int(c or 0)) for b, c in zip(EPOCH_BUCKETS, cumulative, strict=True)]
         buckets.append(("+Inf", int(count)))
@@ -89,18 +94,35 @@ class Observability:
         )
         self.registry.register(JobsCollector(settings))
 
-    async def measure(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        # The route template (/jobs/{job_id}), never the raw path: one series per endpoint.
-        template = getattr(route, "path", "unmatched")
-        self.latency.labels(request.method, template, str(response.status_code)).observe(
-            time.perf_counter() - start
-        )
-        return response
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        """One request's time to its response headers. Every label has a bounded set of values: a
+        known method or "other", the route template (/jobs/{job_id}, never the raw path) or
+        "unmatched", and the status code."""
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+        template = getattr(scope.get("route"), "path", "unmatched")
+        self.latency.labels(method, template, str(status)).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class MeasureLatency:
+    """ASGI middleware timing each request to its response headers (an event stream's first
+    byte, not its whole life), so a long stream never skews the histogram."""
+
+    def __init__(self, app: ASGIApp, observability: Observability) -> None:
+        self.app = app
+        self.observability = observability
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.observability.observe(scope, message["status"], time.perf_counter() - start)
+            await send(message)
+
+        await self.app(scope, receive, timed_send)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tsla_spec.spec import DisplayName
 from tsla_spec.vocabulary import JobState
 
 
@@ -23,7 +24,7 @@ class JobCreate(BaseModel):
         },
     )
 
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: DisplayName | None = Field(None, description="1-200 printable characters, not padded")
     max_attempts: int | None = Field(None, ge=1, le=20, description="attempts before the job fails")
     preset: str | None = Field(None, max_length=64)
     data: dict[str, Any] | None = None
@@ -142,6 +143,12 @@ class DatasetPublic(BaseModel):
     problem: str | None
 
 
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    workers: int = Field(description="worker processes seen consuming lately")
+    queues: list[str] = Field(description="the queues they consume")
+
+
 class Message(BaseModel):
     """Every error: a one-line `detail`; validation errors also list each problem."""
 
@@ -150,6 +157,11 @@ class Message(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": Message,
+        "description": "a malformed request: a non-printable character in the URL or a header, "
+        "or a body that is not UTF-8 JSON",
+    },
     401: {"model": Message, "description": "missing, invalid or revoked bearer token"},
     422: {"model": Message, "description": "invalid input; `detail` says which field and why"},
 }

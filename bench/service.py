@@ -1,7 +1,7 @@
 """Service-level benchmarks against real processes, measured side by side in one run.
 
-    .venv/bin/python bench/service.py [--only a,b,c] [--quick] [--runs N] [--requests N] [--pairs N]
-                                      [--redis-db N]
+    .venv/bin/python bench/service.py [--only a,b,c,d] [--quick] [--runs N] [--requests N] [--pairs N]
+                                      [--streams N] [--redis-db N]
 
 Everything runs against processes this script starts and stops itself, with the command lines of
 `tsla_cli.stack` (the one launcher; `tsla serve` and the integration tests use it too):
@@ -70,6 +70,19 @@ the summary.
     the 2% the goal allows or the load exceeded the CPU count, as it often does on a shared 2-core
     machine. On a quiet machine, --pairs 3 or more.
 
+(d) event streams: the API's latency with N streams open on one running job (default 200).
+    One job of `{"preset": "digits", "epochs": 100, "smoothing": {"method": "lsr"}, "device": "cpu"}`
+    trains throughout (about a second an epoch). Once it has written 100 metric rows (so every
+    page is full), timed on one keep-alive connection, alternating: GET /healthz and
+    GET /jobs/{id}/metrics?limit=100 (500 pairs, --quick 200), first with no stream open, then
+    with N streams open on that job, read to their ends by a child process (asyncio + httpx, so
+    their parsing never holds this process's GIL) once all N have received their first event;
+    the connect burst in between is timed too. Meanwhile the API's PostgreSQL connections are
+    counted in pg_stat_activity (its URL carries `application_name=tsla-bench-api`, the worker's
+    does not) and the maximum is reported next to the pool's limit (pool_size + max_overflow).
+    Then the job is canceled and every stream must end with `end`. Reported: p50 / p99 (nearest
+    rank) per endpoint and phase.
+
 How to read the output: progress lines go to stderr; each section prints its table to stdout when it
 finishes, and the summary at the end puts the headline numbers next to their goals. Everything,
 including each sample, also goes to bench/results/service.json (written on failure too, with what
@@ -80,6 +93,7 @@ machine two or three times that.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -121,7 +135,7 @@ RESULTS_PATH = REPO_ROOT / "bench" / "results" / "service.json"
 PG_SERVER = "postgres@127.0.0.1:5432"
 PG_ADMIN = f"postgresql://{PG_SERVER}/test"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-SECTIONS = ("a", "b", "c")
+SECTIONS = ("a", "b", "c", "d")
 API_RETRY_S = 60.0  # how long an untimed API call waits out 5xx and connection errors
 STOP_GRACE_S = 10.0  # SIGTERM to SIGKILL (a solo worker in the middle of a task would finish it first)
 
@@ -149,6 +163,16 @@ PAGE_RATIO_GOAL = 1.5
 MAX_SPEC_EPOCHS = 10_000  # RunSpec.epochs' upper bound (the 1M-row job has 111,112 epochs of rows)
 
 THROUGHPUT_GOAL = 0.98
+
+API_APPLICATION_NAME = "tsla-bench-api"  # the API's connections in pg_stat_activity
+STREAM_JOB: dict[str, Any] = {
+    "preset": "digits",
+    "epochs": 100,
+    "smoothing": {"method": "lsr"},
+    "device": "cpu",
+}
+STREAMS_OPEN_TIMEOUT_S = 120.0
+STREAM_LATENCY_GOAL_MS = 100.0
 
 
 # --- small helpers ----------------------------------------------------------------------------
@@ -364,7 +388,8 @@ def start_postgres_stack(stack: ExitStack, tmp: Path, redis_db: int, errors: lis
     )
     worker = Proc(stack, "celery worker", worker_command([queue]), env, tmp / "worker.log")
     port = free_port()
-    server = Proc(stack, "uvicorn", api_command("127.0.0.1", port), env, tmp / "api.log")
+    api_env = dict(env, TSLA_DATABASE_URL=f"{url}?application_name={API_APPLICATION_NAME}")  # for (d)
+    server = Proc(stack, "uvicorn", api_command("127.0.0.1", port), api_env, tmp / "api.log")
     api = make_api(stack, port, token, errors)
     api.wait_healthy(server)
     ready_s = wait_ready(worker, worker.log_path)
@@ -831,6 +856,200 @@ def print_throughput(result: dict[str, Any]) -> None:
     print(f"1-min load average before and after each run ({os.cpu_count()} CPUs): {loads}")
 
 
+# --- (d) event streams -----------------------------------------------------------------------
+
+
+async def read_one_stream(
+    client: httpx.AsyncClient, job_id: str, opened: Callable[[], None]
+) -> dict[str, Any]:
+    """One event stream to its close: status, metric events seen, and the last event's name."""
+    from httpx_sse import aconnect_sse
+
+    metrics, last = 0, None
+    async with aconnect_sse(client, "GET", f"/jobs/{job_id}/events") as source:
+        if source.response.status_code != 200:
+            return {"status": source.response.status_code, "metrics": 0, "last": None}
+        async for sse in source.aiter_sse():
+            if not sse.data:
+                continue  # a `: ping` after an `id:`: httpx_sse yields it, a browser does not (WHATWG)
+            if last is None:
+                opened()
+            last = sse.event
+            metrics += sse.event == "metric"
+    return {"status": 200, "metrics": metrics, "last": last}
+
+
+async def read_streams(
+    base_url: str, authorization: str, job_id: str, count: int, ready: Any
+) -> list[dict[str, Any]]:
+    opened = 0
+
+    def one_opened() -> None:
+        nonlocal opened
+        opened += 1
+        if opened == count:
+            ready.set()
+
+    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=0)
+    timeout = httpx.Timeout(10.0, read=60.0)  # pings come every 15 s
+    headers = {"Authorization": authorization}
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, limits=limits, timeout=timeout
+    ) as client:
+        reads = [read_one_stream(client, job_id, one_opened) for _ in range(count)]
+        found = await asyncio.gather(*reads, return_exceptions=True)
+    return [r if isinstance(r, dict) else {"status": None, "error": repr(r), "last": None} for r in found]
+
+
+def streams_child(base_url: str, authorization: str, job_id: str, count: int, ready: Any, out: str) -> None:
+    """(d)'s child process: open `count` streams at once, read each to its end, write the results."""
+    results = asyncio.run(read_streams(base_url, authorization, job_id, count, ready))
+    Path(out).write_text(json.dumps(results))
+
+
+@dataclass
+class StreamProbe:
+    """Timed GET /healthz and metrics pages, per phase, and the API's PostgreSQL connections."""
+
+    api: Api
+    job_id: str
+    pg: psycopg.Connection[Any]
+    latency_ms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # 5xx and transport errors per phase
+    connections: list[int] = field(default_factory=list)
+
+    def once(self, phase: str) -> None:
+        for name, path, params in (
+            ("healthz", "/healthz", {}),
+            ("metrics", f"/jobs/{self.job_id}/metrics", {"limit": PAGE}),
+        ):
+            started = time.perf_counter()
+            try:
+                failed = self.api.http.get(path, params=params).status_code >= 500
+            except httpx.TransportError:
+                failed = True
+            elapsed = (time.perf_counter() - started) * 1000
+            self.latency_ms.setdefault(phase, {}).setdefault(name, []).append(elapsed)
+            self.errors[phase] = self.errors.get(phase, 0) + failed
+        row = self.pg.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = %s",
+            (API_APPLICATION_NAME,),
+        ).fetchone()
+        self.connections.append(int(row[0]) if row else 0)
+
+    def repeat(self, phase: str, requests: int) -> None:
+        for _ in range(requests):
+            self.once(phase)
+
+    def until(self, phase: str, done: Callable[[], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"(d) {phase}: not done after {timeout_s:.0f} s")
+            self.once(phase)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            phase: {name: percentiles(values) for name, values in names.items()}
+            for phase, names in self.latency_ms.items()
+        }
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50 and p99 (nearest rank) and the number of samples."""
+    ordered = sorted(values)
+    p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+    return {"p50": statistics.median(ordered), "p99": p99, "n": len(ordered)}
+
+
+def with_streams(
+    service: Service, job_id: str, streams: int, probe: StreamProbe, requests: int, tmp: Path
+) -> list[Any]:
+    """Probe while `streams` streams connect and then while they are open; cancel the job so
+    that every stream ends; the child's results."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ready, out = context.Event(), tmp / "streams.json"
+    authorization = service.api.http.headers["Authorization"]  # the bench's token
+    args = (service.api.base_url, authorization, job_id, streams, ready, str(out))
+    child = context.Process(target=streams_child, args=args, daemon=True)
+    child.start()
+    try:
+        probe.until("connect", ready.is_set, STREAMS_OPEN_TIMEOUT_S)
+        log(f"(d) {streams} streams open")
+        probe.repeat("open", requests)
+        service.api.call(f"POST /jobs/{job_id}/cancel", lambda: service.api.client.cancel(job_id))
+        probe.until("closing", lambda: not child.is_alive(), STREAMS_OPEN_TIMEOUT_S)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    if child.exitcode != 0:
+        raise RuntimeError(f"(d) the stream reader exited with {child.exitcode}")
+    results: list[Any] = json.loads(out.read_text())
+    return results
+
+
+def full_page(service: Service, job_id: str) -> bool:
+    service.check_alive()
+    return len(service.api.metrics_page(job_id, limit=PAGE, name="")["items"]) == PAGE
+
+
+def measure_event_streams(service: Service, streams: int, quick: bool, tmp: Path) -> dict[str, Any]:
+    from tsla_service.db import get_engine
+
+    assert service.conninfo is not None
+    requests = 200 if quick else 500
+    pool = get_engine(service.conninfo.replace("postgresql://", "postgresql+psycopg://", 1)).pool
+    job = service.api.submit({"name": "bench-streams", **STREAM_JOB})
+    log(f"(d) waiting for the job's first {PAGE} metric rows, so that every metrics page is full")
+    wait_for(lambda: full_page(service, job["id"]), 600, "the job's first metric rows", interval=1.0)
+    with psycopg.connect(service.conninfo, autocommit=True) as pg:
+        probe = StreamProbe(service.api, job["id"], pg)
+        log(f"(d) {requests} request pairs without streams")
+        probe.repeat("without", requests)
+        log(f"(d) opening {streams} streams")
+        results = with_streams(service, job["id"], streams, probe, requests, tmp)
+    ended = sum(1 for r in results if r.get("status") == 200 and r.get("last") == "end")
+    return {
+        "streams": streams,
+        "requests": requests,
+        "latency_ms": probe.summary(),
+        "errors": probe.errors,
+        "max_api_connections": max(probe.connections),
+        "pool_limit": pool.size() + getattr(pool, "_max_overflow", 0),
+        "ended": ended,
+        "metrics_per_stream": sorted({r.get("metrics", 0) for r in results}),
+    }
+
+
+def print_event_streams(result: dict[str, Any]) -> None:
+    streams, latency = result["streams"], result["latency_ms"]
+    print(
+        f"\n(d) {streams} event streams on one running job: GET /healthz and GET /jobs/{{id}}/metrics?"
+        f"limit={PAGE}, {result['requests']} of each per phase (goal: p99 <= {STREAM_LATENCY_GOAL_MS:g} ms)"
+    )
+    print(f"{'phase':28} {'healthz p50':>12} {'p99':>8} {'metrics p50':>12} {'p99':>8} {'n':>5} {'5xx':>5}")
+    labels = {
+        "without": "no stream open",
+        "connect": f"{streams} streams connecting",
+        "open": f"{streams} streams open",
+    }
+    for phase, label in labels.items():
+        health, page = latency[phase]["healthz"], latency[phase]["metrics"]
+        print(
+            f"{label:28} {health['p50']:12.1f} {health['p99']:8.1f} {page['p50']:12.1f} {page['p99']:8.1f} "
+            f"{health['n']:5} {result['errors'].get(phase, 0):5}"
+        )
+    print(
+        f"API PostgreSQL connections: max {result['max_api_connections']} (pool limit "
+        f"{result['pool_limit']}); streams ended with `end`: {result['ended']}/{streams}; metric rows "
+        f"per stream {result['metrics_per_stream'][0]}..{result['metrics_per_stream'][-1]}"
+    )
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -870,6 +1089,21 @@ def print_summary(results: dict[str, Any]) -> None:
                 f"      inconclusive: {apart}, load average up to {busiest:.1f} on {os.cpu_count()} CPUs; "
                 "rerun on a quiet machine (--pairs 3+)"
             )
+    if "event_streams" in results:
+        streams = results["event_streams"]
+        without, opened = streams["latency_ms"]["without"], streams["latency_ms"]["open"]
+        worst = max(opened["healthz"]["p99"], opened["metrics"]["p99"])
+        ok = (
+            worst <= STREAM_LATENCY_GOAL_MS
+            and not streams["errors"].get("open")
+            and streams["ended"] == streams["streams"]
+        )
+        print(
+            f"  (d) {streams['streams']} streams open: healthz p99 {without['healthz']['p99']:.1f} -> "
+            f"{opened['healthz']['p99']:.1f} ms, metrics page p99 {without['metrics']['p99']:.1f} -> "
+            f"{opened['metrics']['p99']:.1f} ms, max API PG connections {streams['max_api_connections']} "
+            f"(pool {streams['pool_limit']}); goal p99 <= {STREAM_LATENCY_GOAL_MS:g} ms: {verdict(ok)}"
+        )
     print_disturbances(results)
 
 
@@ -900,6 +1134,7 @@ class Options:
     runs: int
     requests: int
     pairs: int
+    streams: int
     redis_db: int
 
 
@@ -919,6 +1154,9 @@ def run_sections(options: Options, stack: ExitStack, tmp: Path, results: dict[st
     if "c" in options.sections:
         results["throughput"] = measure_throughput(stack, tmp, service, options.quick, options.pairs)
         print_throughput(results["throughput"])
+    if "d" in options.sections:
+        results["event_streams"] = measure_event_streams(service, options.streams, options.quick, tmp)
+        print_event_streams(results["event_streams"])
 
 
 @contextmanager
@@ -976,11 +1214,12 @@ def parse_args(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="a,b,c", help="comma-separated sections to run: a, b, c")
+    parser.add_argument("--only", default="a,b,c", help="comma-separated sections to run: a, b, c, d")
     parser.add_argument("--quick", action="store_true", help="fewer jobs and requests, a smaller (c) spec")
     parser.add_argument("--runs", type=int, help="(a) jobs per stack (default 10; --quick 3)")
     parser.add_argument("--requests", type=int, help="(b) timed requests per case and job (50; --quick 30)")
     parser.add_argument("--pairs", type=int, default=2, help="(c) core + service run pairs (default 2)")
+    parser.add_argument("--streams", type=int, default=200, help="(d) event streams to open (default 200)")
     parser.add_argument("--redis-db", type=int, default=15, help="Redis db of the broker, flushed first (15)")
     args = parser.parse_args(argv)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
@@ -992,6 +1231,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         runs=args.runs or (3 if args.quick else 10),
         requests=args.requests or (30 if args.quick else 50),
         pairs=args.pairs,
+        streams=args.streams,
         redis_db=args.redis_db,
     )
 

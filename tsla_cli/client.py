@@ -155,6 +155,8 @@ class TslaClient:
                         raise_for_status(source.response)
                     failing_since, delay = None, 0.5
                     for sse in source.iter_sse():
+                        if sse.event == "message" and not sse.data:
+                            continue  # a keep-alive ping, not an event
                         event = Event(sse.event, json.loads(sse.data) if sse.data else None)
                         if sse.event == "metric":
                             last_seq = int(sse.id)

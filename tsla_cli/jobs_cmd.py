@@ -3,7 +3,7 @@
 The server and token come from --url/--token or TSLA_URL/TSLA_TOKEN. Exit codes a script can
 use: 0 done (a watched job succeeded), 1 the watched job failed or was canceled, 2 bad input
 (a 4xx the user can fix), 3 server unreachable, 4 bad or missing token, 5 no such job or
-checkpoint, 6 a download did not match its sha256.
+checkpoint, 6 a download did not match its sha256, 7 retry later (429 at a limit, 503 busy).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from tsla_cli.client import ApiError, ChecksumError, TslaClient
 from tsla_spec.spec import SpecError, raw_spec_from_cli
@@ -27,6 +28,9 @@ console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_NOT_FOUND, EXIT_CHECKSUM = 1, 2, 3, 4, 5, 6
+# The server is busy or at a limit that will pass (429, 503): the same command may work later.
+EXIT_RETRY_LATER = 7
+WIDE_TERMINAL = 120
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="TSLA_URL", help="server URL")]
 TokenOption = Annotated[Optional[str], typer.Option("--token", envvar="TSLA_TOKEN", help="API token")]
@@ -34,7 +38,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print("[red]error:[/red]", Text(message))  # Text: the server's words are never markup
     return typer.Exit(code)
 
 
@@ -51,10 +55,10 @@ def connect(url: str, token: str | None) -> Iterator[TslaClient]:
     except ConnectionError as error:
         raise fail(str(error), EXIT_UNREACHABLE) from None
     except ApiError as error:
-        code = {401: EXIT_AUTH, 404: EXIT_NOT_FOUND}.get(
-            error.status, EXIT_INPUT if error.status < 500 else 1
-        )
-        raise fail(str(error), code) from None
+        codes = {401: EXIT_AUTH, 404: EXIT_NOT_FOUND, 429: EXIT_RETRY_LATER, 503: EXIT_RETRY_LATER}
+        code = codes.get(error.status, EXIT_INPUT if error.status < 500 else 1)
+        message = f"{error} (retry later)" if code == EXIT_RETRY_LATER else str(error)
+        raise fail(message, code) from None
     except ChecksumError as error:
         raise fail(str(error), EXIT_CHECKSUM) from None
     finally:
@@ -94,7 +98,8 @@ def submit(
         raise fail(str(error), EXIT_INPUT) from None
     with connect(url, token) as client:
         job = client.submit(body, idempotency_key=idempotency_key)
-    errors.print(f"submitted {job['name']}: {job['method']} on {job['dataset']}, {job['epochs']} epochs")
+    summary = f"submitted {job['name']}: {job['method']} on {job['dataset']}, {job['epochs']} epochs"
+    errors.print(Text(summary))
     console.print(job["id"])
 
 
@@ -107,17 +112,34 @@ def jobs(
     """List your jobs, newest first."""
     with connect(url, token) as client:
         page = client.list(state=state, limit=limit)
-    table = Table()
-    table.add_column("id", no_wrap=True, min_width=32)  # whole: scripts and other commands take it
-    for column in ("name", "state", "method", "dataset", "progress", "best top-1", "created"):
-        table.add_column(column)
-    for job in page["items"]:
-        best = f"{job['best_top1']:.2f}%" if job["best_top1"] is not None else "-"
-        table.add_row(
-            job["id"], job["name"], job["state"], job["method"], job["dataset"],
-            f"{job['epochs_done']}/{job['epochs']}", best, job["created_at"][:19].replace("T", " "),
-        )  # fmt: skip
-    console.print(table)
+    console.print(jobs_table(page["items"], console.width))
+
+
+def jobs_table(items: list[dict[str, Any]], width: int) -> Table:
+    """Whole ids (scripts take them) and the main columns in `width` characters (80 fits); the
+    name is cut to what is left; the data set and creation time show on wider terminals."""
+    wide = width >= WIDE_TERMINAL
+    headers = ["id", "name", "state", "method", *(["dataset"] if wide else []), "epochs", "top-1"]
+    headers += ["created"] if wide else []
+    rows = []
+    for job in items:
+        best = f"{job['best_top1']:.2f}" if job["best_top1"] is not None else "-"
+        cells = {"id": job["id"], "name": job["name"], "state": job["state"], "method": job["method"]}
+        cells |= {"dataset": job["dataset"], "epochs": f"{job['epochs_done']}/{job['epochs']}", "top-1": best}
+        cells["created"] = job["created_at"][:16].replace("T", " ")
+        rows.append([str(cells[header]) for header in headers])
+    widths = [max([len(header)] + [len(row[i]) for row in rows]) for i, header in enumerate(headers)]
+    name_width = max(4, width - (sum(widths) - widths[1]) - (len(headers) - 1))
+    # No borders: one space between columns.
+    table = Table(box=None, padding=(0, 1), collapse_padding=True, pad_edge=False)
+    for header, column_width in zip(headers, widths, strict=True):
+        if header == "name":
+            table.add_column(header, no_wrap=True, overflow="ellipsis", max_width=name_width)
+        else:
+            table.add_column(header, no_wrap=True, min_width=column_width)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # Text: a name is never read as markup
+    return table
 
 
 def show(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
@@ -128,7 +150,7 @@ def show(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -
     table = Table(title=f"job {job['id']}", show_header=False)
     shown = ("name", "state", "method", "dataset", "epochs_done", "epochs", "best_top1", "attempt", "error")
     for key in (*shown, "created_at", "started_at", "finished_at"):
-        table.add_row(key, str(job[key]))
+        table.add_row(key, Text(str(job[key])))
     table.add_row("checkpoints", ", ".join(c["name"] for c in checkpoints["items"]) or "-")
     console.print(table)
 
@@ -174,7 +196,8 @@ def watch(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) 
 
 
 def print_final(job: dict[str, Any], by_epoch: dict[int, dict[str, float]]) -> None:
-    table = Table(title=f"job {job['id']}: {job['state']}" + (f" ({job['error']})" if job["error"] else ""))
+    title = f"job {job['id']}: {job['state']}" + (f" ({job['error']})" if job["error"] else "")
+    table = Table(title=Text(title))
     table.add_column("metric")
     table.add_column("last epoch", justify="right")
     if by_epoch:

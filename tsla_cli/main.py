@@ -2,6 +2,7 @@
 
 import typer
 
+from tsla_cli.admin_cmd import app as admin_app
 from tsla_cli.demo import demo_command
 from tsla_cli.jobs_cmd import COMMANDS
 from tsla_cli.serve import migrate_command, serve_command
@@ -14,6 +15,7 @@ app.command("serve")(serve_command)
 app.command("demo")(demo_command)
 app.command("migrate")(migrate_command)
 app.add_typer(token_app, name="token")
+app.add_typer(admin_app, name="admin")
 for name, command in COMMANDS.items():
     app.command(name)(command)
 

@@ -118,8 +118,10 @@ def serve_command(
 ) -> None:
     """Run the service: API + a real worker, no servers needed (SQLite + a filesystem broker)."""
     from tsla_service.migrate import upgrade_to_head
+    from tsla_service.permissions import owner_only_files
     from tsla_service.settings import Settings
 
+    owner_only_files()  # the database, logs and checkpoints below, and every child's files
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings(home=home)
@@ -131,7 +133,10 @@ def serve_command(
     worker_command = stack.worker_command([settings.queue], logfile=logs / "worker.log")
     workers = [Supervised("worker", worker_command, env, logs / "worker.out")] if worker else []
     typer.echo(f"TSLA service on http://{host}:{port} (home {home}; API docs at /docs)", err=True)
-    typer.echo(f"API token: {token}   (export TSLA_TOKEN={token})", err=True)
+    if os.environ.get("TSLA_TOKEN"):
+        typer.echo("API token: the one in $TSLA_TOKEN", err=True)  # never echo a secret the user set
+    else:
+        typer.echo(f"API token: {token}   (export TSLA_TOKEN={token}; kept in {home / 'token'})", err=True)
     signal.signal(signal.SIGTERM, raise_exit)
     try:
         code = supervise(api, workers)

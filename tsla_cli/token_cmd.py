@@ -27,7 +27,11 @@ def database_url(home: Path | None) -> str:
 
 @app.command("create")
 def create(
-    name: Annotated[str, typer.Argument(help="a unique name, e.g. the user's")], home: HomeOption = None
+    name: Annotated[str, typer.Argument(help="a unique name, e.g. the user's")],
+    operator: Annotated[
+        bool, typer.Option("--operator", help="may also read the service-wide Prometheus /metrics")
+    ] = False,
+    home: HomeOption = None,
 ) -> None:
     """Create a token and print it (it is shown only this once)."""
     from tsla_service.db import session_scope
@@ -35,7 +39,7 @@ def create(
 
     with session_scope(database_url(home)) as session:
         try:
-            _row, plaintext = create_token(session, name)
+            _row, plaintext = create_token(session, name, role="operator" if operator else "user")
         except ValueError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
@@ -68,4 +72,4 @@ def list_command(home: HomeOption = None) -> None:
     with session_scope(database_url(home)) as session:
         for row in list_tokens(session):
             state = "revoked" if row.revoked_at else "active"
-            typer.echo(f"{row.name}\t{row.id}\t{state}\t{row.created_at:%Y-%m-%d %H:%M}")
+            typer.echo(f"{row.name}\t{row.id}\t{row.role}\t{state}\t{row.created_at:%Y-%m-%d %H:%M}")

@@ -7,8 +7,13 @@ imported by code that trains.
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tsla_core.checkpoint import CheckpointError, CheckpointStore
-    from tsla_core.loop import Hooks, Trainer, TrainResult, evaluate_checkpoint, train
+    from tsla_core.checkpoint import (
+        CheckpointError,
+        CheckpointStorageError,
+        CheckpointStore,
+        SkippedCheckpoint,
+    )
+    from tsla_core.loop import DivergedError, Hooks, Trainer, TrainResult, evaluate_checkpoint, train
     from tsla_core.loss import smoothed_cross_entropy, stage_at
     from tsla_core.readers import DatasetError
     from tsla_spec.records import CheckpointRecord, MetricRow
@@ -25,16 +30,22 @@ _EXPORTS = {
     "CheckpointStore": "tsla_core.checkpoint",
     "CheckpointRecord": "tsla_spec.records",
     "CheckpointError": "tsla_core.checkpoint",
+    "CheckpointStorageError": "tsla_core.checkpoint",
+    "SkippedCheckpoint": "tsla_core.checkpoint",
+    "DivergedError": "tsla_core.loop",
     "DatasetError": "tsla_core.readers",
 }
 
 __all__ = [
     "CheckpointError",
     "CheckpointRecord",
+    "CheckpointStorageError",
     "CheckpointStore",
     "DatasetError",
+    "DivergedError",
     "Hooks",
     "MetricRow",
+    "SkippedCheckpoint",
     "TrainResult",
     "Trainer",
     "evaluate_checkpoint",

@@ -4,40 +4,109 @@ Each checkpoint is two files in one folder: `epoch-0007.pt` (torch.save of plain
 containers, so it loads with `weights_only=True`) and `epoch-0007.json` (its sha256, size,
 epoch and metrics). The .json is written after the .pt, so a checkpoint is listed only once
 its data is complete on disk.
+
+Storage errors (a full disk, a file size limit, a flaky network mount) are retried a few times
+with backoff, and then raised as `CheckpointStorageError` with a one-line reason; a failed write
+never leaves its temp file behind, because on a full disk that file keeps the disk full.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import math
 import os
-from dataclasses import asdict
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from tsla_spec.hashing import sha256_file
 from tsla_spec.records import CheckpointRecord
 
-__all__ = ["CheckpointError", "CheckpointRecord", "CheckpointStore", "load_verified"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointRecord",
+    "CheckpointStorageError",
+    "CheckpointStore",
+    "SkippedCheckpoint",
+    "load_verified",
+    "retry_storage",
+]
 
 FORMAT_VERSION = 1
+T = TypeVar("T")
+
+# Pauses before each retry of a failed storage write: a few seconds in all, so a briefly full or
+# flaky volume does not fail the run, and a really full one fails it soon with the reason.
+STORAGE_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, corrupt or not one of ours; never half-loaded."""
 
 
+class CheckpointStorageError(Exception):
+    """Checkpoint storage failed after retries (full, a size limit, I/O); the message says why."""
+
+
+@dataclass(frozen=True)
+class SkippedCheckpoint:
+    """A checkpoint that resume passed over because it does not verify."""
+
+    record: CheckpointRecord
+    reason: str
+
+
+def storage_reason(error: OSError, what: str) -> str:
+    """One line for a storage OSError: "checkpoint storage full: [Errno 28] No space left on
+    device writing epoch-0003.pt" (the temp file's path, which `str(error)` adds, says nothing)."""
+    kinds = {errno.ENOSPC: "full", errno.EDQUOT: "over quota", errno.EFBIG: "file size limit reached"}
+    kind = kinds.get(error.errno or 0, "failed")
+    detail = f"[Errno {error.errno}] {error.strerror}" if error.errno is not None else str(error)
+    return f"checkpoint storage {kind}: {detail} {what}"
+
+
+def retry_storage(
+    action: Callable[[], T],
+    what: str,
+    delays: Sequence[float] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> T:
+    """Run a storage action, retrying an OSError after each of `delays` (STORAGE_RETRY_DELAYS);
+    then CheckpointStorageError with the reason. `what` ends it: "writing epoch-0003.pt"."""
+    delays = STORAGE_RETRY_DELAYS if delays is None else delays
+    for number, delay in enumerate(delays, start=1):
+        try:
+            return action()
+        except OSError as error:
+            if log is not None:
+                log(f"{storage_reason(error, what)}; retry {number} of {len(delays)} in {delay:g} s")
+        time.sleep(delay)
+    try:
+        return action()
+    except OSError as error:
+        raise CheckpointStorageError(storage_reason(error, what)) from error
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file, fsync, rename over `path`, fsync the folder: all or nothing."""
+    """Write to a temp file, fsync, rename over `path`, fsync the folder: all or nothing. The temp
+    file is removed when anything fails (ENOSPC included): left behind it would keep a disk full."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -65,13 +134,27 @@ def load_verified(path: Path, sha256: str | None = None) -> dict[str, Any]:
 class CheckpointStore:
     """The checkpoints of one run, in one folder."""
 
-    def __init__(self, folder: Path, keep_last: int = 3) -> None:
+    def __init__(self, folder: Path, keep_last: int = 3, log: Callable[[str], None] | None = None) -> None:
         self.folder = folder
         self.keep_last = keep_last
+        self.log = log
+        self.retry_delays: Sequence[float] | None = None  # None: STORAGE_RETRY_DELAYS
+
+    def remove_temp_files(self) -> list[str]:
+        """Remove the `.*.tmp` files a crashed writer left (a run opening the folder calls this:
+        no other writer is active then); the names removed."""
+        if not self.folder.is_dir():
+            return []
+        removed = []
+        for tmp in sorted(self.folder.glob(".*.tmp")):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+        return removed
 
     def save(
         self, state: dict[str, Any], epoch: int, partial: bool, metrics: dict[str, float]
     ) -> CheckpointRecord:
+        """Write the checkpoint (retrying storage errors); CheckpointStorageError when it cannot."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch:04d}" + ("-partial" if partial else "")
         buffer = io.BytesIO()
@@ -86,11 +169,22 @@ class CheckpointStore:
             size=len(data),
             metrics=metrics,
         )
-        write_atomic(record.path, data)
         meta = {k: v for k, v in asdict(record).items() if k != "path"}
-        write_atomic(self.folder / f"{name}.json", json.dumps(meta, indent=1).encode())
+        meta_path = self.folder / f"{name}.json"
+        self._write(record.path, data)  # when this fails, nothing on disk has changed
+        try:
+            self._write(meta_path, json.dumps(meta, indent=1).encode())
+        except CheckpointStorageError:
+            # The new .pt has no .json of its own (an older one would name other bytes): it would
+            # never be listed, only take space.
+            record.path.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            raise
         self._prune()
         return record
+
+    def _write(self, path: Path, data: bytes) -> None:
+        retry_storage(lambda: write_atomic(path, data), f"writing {path.name}", self.retry_delays, self.log)
 
     def records(self) -> list[CheckpointRecord]:
         """Listed checkpoints, oldest first; a missing or unreadable .json hides its .pt."""
@@ -108,22 +202,24 @@ class CheckpointStore:
         complete = [r for r in self.records() if not r.partial]
         if not complete:
             return None
-        return max(reversed(complete), key=lambda r: r.metrics.get("test/top1", float("-inf")))
+        return max(reversed(complete), key=lambda r: finite_or_lowest(r.metrics.get("test/top1")))
 
     def load(self, record: CheckpointRecord) -> dict[str, Any]:
         return load_verified(record.path, record.sha256)
 
-    def newest_resumable(self) -> tuple[CheckpointRecord, dict[str, Any], list[str]] | None:
+    def newest_resumable(
+        self,
+    ) -> tuple[CheckpointRecord, dict[str, Any], list[SkippedCheckpoint]] | None:
         """The newest complete checkpoint that verifies, falling back to older ones.
 
-        Returns (record, state, problems) where problems describe the checkpoints skipped.
+        Returns (record, state, skipped): skipped are the newer ones that did not verify.
         """
-        problems: list[str] = []
+        skipped: list[SkippedCheckpoint] = []
         for record in reversed([r for r in self.records() if not r.partial]):
             try:
-                return record, self.load(record), problems
+                return record, self.load(record), skipped
             except CheckpointError as error:
-                problems.append(str(error))
+                skipped.append(SkippedCheckpoint(record, str(error)))
         return None
 
     def _prune(self) -> None:
@@ -140,3 +236,8 @@ class CheckpointStore:
             if record.name not in keep:
                 (self.folder / f"{record.name}.json").unlink(missing_ok=True)
                 record.path.unlink(missing_ok=True)
+
+
+def finite_or_lowest(value: float | None) -> float:
+    """A metric for ranking: missing or non-finite (a diverged epoch) ranks last."""
+    return value if value is not None and math.isfinite(value) else float("-inf")

@@ -7,6 +7,7 @@ OUT/checkpoints/. Running again into the same OUT resumes from its newest good c
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +43,15 @@ def progress_line(rows: list[MetricRow], epochs: int) -> str:
         parts.append(f"grad var {m['train/grad_var']:.3g}")
     parts.append(f"{m['train/images_per_s']:,.0f} img/s  {m['train/epoch_time']:.1f}s")
     return "  ".join(parts)
+
+
+def row_json(row: MetricRow) -> str:
+    """A metric row as strict JSON: a NaN or infinite value is null, with `nonfinite` saying which."""
+    data = asdict(row)
+    if not math.isfinite(row.value):
+        data["value"] = None
+        data["nonfinite"] = "nan" if math.isnan(row.value) else ("inf" if row.value > 0 else "-inf")
+    return json.dumps(data, allow_nan=False)
 
 
 def keep_rows_before(metrics_path: Path, epoch: int) -> None:
@@ -93,15 +103,15 @@ def train_command(
 
 
 def run(spec: RunSpec, out: Path, data_root: Path) -> None:
-    from tsla_core.checkpoint import CheckpointError
-    from tsla_core.loop import Hooks, SpecMismatchError, Trainer
+    from tsla_core.checkpoint import CheckpointError, CheckpointStorageError
+    from tsla_core.loop import DivergedError, Hooks, SpecMismatchError, Trainer
     from tsla_core.readers import DatasetError
 
     metrics_path = out / "metrics.jsonl"
 
     def on_metrics(rows: list[MetricRow]) -> None:
         with metrics_path.open("a") as handle:
-            handle.writelines(json.dumps(asdict(row)) + "\n" for row in rows)
+            handle.writelines(row_json(row) + "\n" for row in rows)
         console.print(progress_line(rows, spec.epochs))
 
     hooks = Hooks(on_metrics=on_metrics, on_log=lambda message: console.print(f"[dim]{message}[/dim]"))
@@ -122,7 +132,12 @@ def run(spec: RunSpec, out: Path, data_root: Path) -> None:
         f"{spec.smoothing.method} on {trainer.device}"
         f"{' bf16' if trainer.autocast_dtype is not None else ' fp32'} into {out}"
     )
-    result = trainer.fit(resume=False)
+    try:
+        result = trainer.fit(resume=False)
+    except (DivergedError, CheckpointStorageError) as error:
+        # The run itself failed (its rows up to here are in metrics.jsonl): exit 1, not 2 (bad input).
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
     table = Table(title=f"{spec.smoothing.method} on {spec.data.name}: {result.status}")
     table.add_column("metric")
     table.add_column("value", justify="right")

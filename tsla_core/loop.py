@@ -3,6 +3,11 @@
 Metrics accumulate on the device and are read once per epoch, so a GPU never waits on the host
 between steps. Callers observe and steer a run through `Hooks`: the worker persists metric rows
 and checkpoints through them and cancels through `should_stop`.
+
+At the end of each epoch the train loss and the test metrics are checked: with
+`on_nonfinite: fail` (the default) a NaN or infinite value ends the run with `DivergedError`
+("diverged: train/loss is NaN at epoch 3", the epoch numbered as in the metric rows, from 0),
+after the epoch's rows were reported and before any checkpoint of the diverged state.
 """
 
 from __future__ import annotations
@@ -19,13 +24,19 @@ import torch
 from torch import nn
 
 from tsla_core.batches import DataBundle, Split, epoch_generator, load_data
-from tsla_core.checkpoint import CheckpointError, CheckpointRecord, CheckpointStore, load_verified
+from tsla_core.checkpoint import (
+    CheckpointError,
+    CheckpointRecord,
+    CheckpointStore,
+    SkippedCheckpoint,
+    load_verified,
+)
 from tsla_core.kernels.batch_norm_act import fused_enabled
 from tsla_core.loss import smoothed_cross_entropy, stage_at, teacher_prior
 from tsla_core.models import build_model
 from tsla_spec.records import MetricRow
 from tsla_spec.spec import RunSpec, ScheduleSpec
-from tsla_spec.vocabulary import TEACHER_METHODS, Stage
+from tsla_spec.vocabulary import TEACHER_METHODS, TRAIN_LOSS, Stage
 
 
 @dataclass
@@ -37,6 +48,8 @@ class Hooks:
     # Polled between steps; keep it cheap (e.g. read a flag another thread sets).
     should_stop: Callable[[], bool] | None = None
     on_log: Callable[[str], None] | None = None
+    # A checkpoint that resume skipped because it does not verify (the service stops offering it).
+    on_skipped_checkpoint: Callable[[SkippedCheckpoint], None] | None = None
 
 
 @dataclass
@@ -50,6 +63,24 @@ class TrainResult:
 
 class SpecMismatchError(Exception):
     """The output folder holds checkpoints of a different spec."""
+
+
+class DivergedError(Exception):
+    """The run produced a NaN or infinite train loss or test metric (`on_nonfinite: fail`)."""
+
+
+def first_nonfinite(metrics: dict[str, float]) -> tuple[str, float] | None:
+    """The train loss or the first test metric that is NaN or infinite, with its value."""
+    watched = [TRAIN_LOSS, *sorted(key for key in metrics if key.startswith("test/"))]
+    for key in watched:
+        value = metrics.get(key)
+        if value is not None and not math.isfinite(value):
+            return key, value
+    return None
+
+
+def nonfinite_label(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -182,7 +213,9 @@ class Trainer:
             self.optimizer, lambda epoch: lr_factor(spec.schedule, spec.epochs, epoch)
         )
         self.teacher = self._load_teacher(teacher_path) if spec.smoothing.method in TEACHER_METHODS else None
-        self.store = CheckpointStore(out_dir / "checkpoints", spec.checkpoint.keep_last)
+        self.store = CheckpointStore(out_dir / "checkpoints", spec.checkpoint.keep_last, self._log)
+        for name in self.store.remove_temp_files():
+            self._log(f"removed {name}, a temp file an earlier run left when its write failed")
         self.epoch = 0  # next epoch to train
         self.step = 0  # optimizer steps so far
 
@@ -250,9 +283,11 @@ class Trainer:
         found = self.store.newest_resumable()
         if found is None:
             return
-        record, state, problems = found
-        for problem in problems:
-            self._log(f"skipped checkpoint: {problem}")
+        record, state, skipped = found
+        for bad in skipped:
+            self._log(f"skipped checkpoint {bad.record.name}: {bad.reason}")
+            if self.hooks.on_skipped_checkpoint is not None:
+                self.hooks.on_skipped_checkpoint(bad)
         self.restore(state)
         self._log(f"resumed from {record.name}: continuing at epoch {self.epoch}")
 
@@ -350,6 +385,17 @@ class Trainer:
             self.hooks.on_checkpoint(record)
         return record
 
+    def _check_finite(self, epoch: int, metrics: dict[str, float]) -> None:
+        """DivergedError on a non-finite loss or test metric, unless `on_nonfinite: continue`."""
+        found = first_nonfinite(metrics)
+        if found is None:
+            return
+        key, value = found
+        reason = f"diverged: {key} is {nonfinite_label(value)} at epoch {epoch}"
+        if self.spec.on_nonfinite == "fail":
+            raise DivergedError(reason)
+        self._log(f"{reason}; training on (on_nonfinite: continue)")
+
     def fit(self, resume: bool = True) -> TrainResult:
         if resume:
             self.resume_if_possible()
@@ -371,6 +417,7 @@ class Trainer:
             result.final_metrics = metrics
             if self.hooks.on_metrics is not None:
                 self.hooks.on_metrics(self._rows(epoch, stage, metrics))
+            self._check_finite(epoch, metrics)
             last = epoch == self.spec.epochs - 1
             if last or (epoch + 1) % self.spec.checkpoint.every == 0:
                 result.latest = self._checkpoint(epoch, partial=False, metrics=metrics)

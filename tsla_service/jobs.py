@@ -54,6 +54,18 @@ def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: fl
     return LeaseStatus(held=bool(result.rowcount), cancel_requested=bool(cancel))  # type: ignore[attr-defined]
 
 
+def lease_status(session: Session, job_id: str, worker_id: str) -> LeaseStatus:
+    """The same answer as `renew_lease` from one read by primary key, without renewing: cheap
+    enough for a worker to poll the cancel flag every fraction of a second."""
+    row = session.execute(
+        select(Job.state, Job.lease_owner, Job.cancel_requested).where(Job.id == job_id)
+    ).first()
+    if row is None:
+        return LeaseStatus(held=False, cancel_requested=False)
+    held = row.state == "running" and row.lease_owner == worker_id
+    return LeaseStatus(held=held, cancel_requested=bool(row.cancel_requested))
+
+
 def finish_job(session: Session, job_id: str, worker_id: str, state: str, error: str | None = None) -> bool:
     """running -> succeeded/failed/canceled, only while this worker still holds the job."""
     result = session.execute(
@@ -64,6 +76,36 @@ def finish_job(session: Session, job_id: str, worker_id: str, state: str, error:
     )
     session.commit()
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_job(session: Session, job_id: str, worker_id: str, reason: str) -> str | None:
+    """After an infrastructure failure (checkpoint storage full): running -> queued for another
+    attempt while attempts remain, else -> failed with `reason` (-> canceled when a cancel is
+    pending). Only while this worker holds the job; returns the new state, or None.
+
+    A re-queued job is not on the broker (`enqueued_at` NULL): a reaper sends it within lease/2
+    seconds, which doubles as the pause before the next try.
+    """
+    held = and_(Job.id == job_id, Job.state == "running", Job.lease_owner == worker_id)
+    row = session.execute(select(Job.attempt, Job.max_attempts, Job.cancel_requested).where(held)).first()
+    if row is None:
+        return None
+    now = utcnow()
+    values: dict[str, Any]
+    if row.cancel_requested:
+        values = {"state": "canceled", "error": f"canceled by request ({reason})", "finished_at": now}
+    elif row.attempt < row.max_attempts:
+        values = {"state": "queued", "enqueued_at": None}
+    else:
+        values = {"state": "failed", "error": reason, "finished_at": now}
+    result = session.execute(
+        update(Job)
+        .where(held)
+        .values(lease_owner=None, lease_expires_at=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return str(values["state"]) if result.rowcount else None  # type: ignore[attr-defined]
 
 
 def request_cancel(session: Session, job_id: str) -> str:

@@ -94,6 +94,19 @@ def record_checkpoint(
     session.commit()
 
 
+def mark_checkpoint_corrupt(session: Session, job_id: str, name: str) -> bool:
+    """A worker found this checkpoint damaged on resume: never list, rank or serve it again (a
+    re-run of its epoch writes a new row under the same name). False if there was no such row."""
+    result = session.execute(
+        update(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.name == name)
+        .values(corrupt=True)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def append_log(session: Session, job_id: str, attempt: int, level: str, message: str) -> None:
     session.add(LogLine(job_id=job_id, attempt=attempt, level=level, message=message[:MAX_LOG_CHARS]))
     session.commit()

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     events_poll_seconds: float = Field(1.0, gt=0)
     events_ping_seconds: float = Field(15.0, gt=0)
     max_active_jobs_per_token: int = Field(20, gt=0, description="queued + running jobs per token (429)")
+    # What one job may need, by tsla_spec/resources.py's estimate (422 beyond). The defaults admit
+    # the paper's presets: cifar100-resnet18 holds 1.8e8 bytes of data, imagenet-resnet50 has
+    # 2.6e7 parameters and keeps about 2.3e10 bytes of activations per batch of 256.
+    max_data_bytes: int = Field(8_000_000_000, gt=0, description="data held on the training device")
+    max_parameters: int = Field(200_000_000, gt=0, description="model parameters")
+    max_activation_bytes: int = Field(
+        40_000_000_000, gt=0, description="activations kept for the backward pass of one batch"
+    )
 
     @property
     def resolved_database_url(self) -> str:

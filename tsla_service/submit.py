@@ -29,6 +29,7 @@ from tsla_service.models import ApiToken, Job, utcnow
 from tsla_service.queue import send_job
 from tsla_service.settings import Settings
 from tsla_spec.datasets import DATASETS
+from tsla_spec.resources import estimate_resources, short_number
 from tsla_spec.spec import RunSpec, SpecError, build_spec
 from tsla_spec.vocabulary import ACTIVE_STATES
 
@@ -118,6 +119,7 @@ def replay(session: Session, owner: str, request: JobRequest) -> dict[str, Any] 
 
 def check_runnable(session: Session, settings: Settings, spec: RunSpec, owner: str) -> str | None:
     """Refuse what would only fail later on a worker; returns the teacher job id, if any."""
+    check_resources(settings, spec)
     problem = DATASETS[spec.data.name].problem(settings.data_root)
     if problem is not None:
         raise SpecError(f"data.name: dataset {spec.data.name!r} is {problem}")
@@ -142,6 +144,23 @@ def check_runnable(session: Session, settings: Settings, spec: RunSpec, owner: s
             f"not {spec.data.name}"
         )
     return teacher_job.id
+
+
+def check_resources(settings: Settings, spec: RunSpec) -> None:
+    """Refuse a job larger than this server admits; the 422 names the estimate and the setting."""
+    need = estimate_resources(spec)
+    checks = (
+        ("data", f"{need.data} hold", need.data_bytes, "bytes on the device", settings.max_data_bytes,
+         "TSLA_MAX_DATA_BYTES"),
+        ("model", f"{need.model} has", need.parameters, "parameters", settings.max_parameters,
+         "TSLA_MAX_PARAMETERS"),
+        ("batch_size", f"{spec.batch_size} images through {need.model} keep about", need.activation_bytes,
+         "bytes of activations", settings.max_activation_bytes, "TSLA_MAX_ACTIVATION_BYTES"),
+    )  # fmt: skip
+    for field, what, value, unit, limit, setting in checks:
+        if value > limit:
+            allowed = f"this server allows {short_number(limit)} ({setting})"
+            raise SpecError(f"{field}: {what} {short_number(value)} {unit}; {allowed}")
 
 
 def check_active_cap(session: Session, settings: Settings, owner: str) -> None:

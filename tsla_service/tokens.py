@@ -1,28 +1,46 @@
 """Bearer API tokens: created once (the plaintext is shown then and never stored), kept as
-sha256, compared in constant time, revoked by name."""
+sha256, compared in constant time, revoked by name. A token is a "user" (sees its own jobs) or an
+"operator" (also reads the service-wide Prometheus `/metrics`)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from typing import Literal
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tsla_service.models import ApiToken, utcnow
 
+Role = Literal["user", "operator"]
+# A token someone chose (e.g. $TSLA_TOKEN) must be as hard to guess as it is long: 20 or more
+# printable ASCII characters without spaces. Generated ones are `tsla_` + 43 random characters.
+MIN_TOKEN_LENGTH = 20
+TOKEN_PATTERN = re.compile(rf"[!-~]{{{MIN_TOKEN_LENGTH},512}}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+
 
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, name: str, token: str | None = None) -> tuple[ApiToken, str]:
+def create_token(
+    session: Session, name: str, token: str | None = None, role: Role = "user"
+) -> tuple[ApiToken, str]:
     """A new token named `name` (unique); `token` supplies the plaintext (e.g. $TSLA_TOKEN)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"token name {name!r}: use 1-100 letters, digits, '.', '_', '@' or '-'")
+    if token is not None and not TOKEN_PATTERN.fullmatch(token):
+        raise ValueError(
+            f"a chosen token needs {MIN_TOKEN_LENGTH}-512 printable ASCII characters without spaces"
+        )
     if session.scalar(select(ApiToken).where(ApiToken.name == name)) is not None:
         raise ValueError(f"a token named {name!r} exists already")
     plaintext = token or f"tsla_{secrets.token_urlsafe(32)}"
-    row = ApiToken(name=name, token_sha256=digest(plaintext))
+    row = ApiToken(name=name, token_sha256=digest(plaintext), role=role)
     session.add(row)
     session.commit()
     return row, plaintext

@@ -19,6 +19,12 @@ class DatasetInfo:
     description: str
     num_classes: int | None  # None: read from the data (ImageFolder, synthetic)
     folder: str | None  # under the data root; None when the data ships with a package
+    # What the model sees, for resource estimates (tsla_spec/resources.py); None: from the spec.
+    image_shape: tuple[int, int, int] | None = None  # (channels, height, width)
+    num_train: int | None = None
+    num_test: int | None = None
+    # Read from disk batch by batch (a DataLoader) instead of held on the device as uint8.
+    streamed: bool = False
 
     def location(self, data_root: Path) -> Path | None:
         """Where the data is read from on this server, or None for package data."""
@@ -41,18 +47,51 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
-        DatasetInfo("digits", "scikit-learn's 1,797 8x8 handwritten digits (ships offline)", 10, None),
         DatasetInfo(
-            "fashion-mnist", "Fashion-MNIST 28x28 grayscale, 60k/10k (IDX files)", 10, "fashion-mnist"
+            "digits",
+            "scikit-learn's 1,797 8x8 handwritten digits (ships offline)",
+            10,
+            None,
+            image_shape=(1, 8, 8),
+            num_train=1437,  # the core's stratified 80/20 split
+            num_test=360,
         ),
         DatasetInfo(
-            "cifar10", "CIFAR-10 32x32 colour, 50k/10k (cifar-10-batches-py)", 10, "cifar-10-batches-py"
+            "fashion-mnist",
+            "Fashion-MNIST 28x28 grayscale, 60k/10k (IDX files)",
+            10,
+            "fashion-mnist",
+            image_shape=(1, 28, 28),
+            num_train=60_000,
+            num_test=10_000,
         ),
         DatasetInfo(
-            "cifar100", "CIFAR-100 32x32 colour, 50k/10k (cifar-100-python)", 100, "cifar-100-python"
+            "cifar10",
+            "CIFAR-10 32x32 colour, 50k/10k (cifar-10-batches-py)",
+            10,
+            "cifar-10-batches-py",
+            image_shape=(3, 32, 32),
+            num_train=50_000,
+            num_test=10_000,
         ),
         DatasetInfo(
-            "imagenet", "an ImageFolder tree: imagenet/{train,val}/<class>/<image>", None, "imagenet"
+            "cifar100",
+            "CIFAR-100 32x32 colour, 50k/10k (cifar-100-python)",
+            100,
+            "cifar-100-python",
+            image_shape=(3, 32, 32),
+            num_train=50_000,
+            num_test=10_000,
+        ),
+        DatasetInfo(
+            "imagenet",
+            "an ImageFolder tree: imagenet/{train,val}/<class>/<image>",
+            None,
+            "imagenet",
+            image_shape=(3, 224, 224),  # the training crop; the class count is read from the tree
+            num_train=1_281_167,  # ImageNet-1k
+            num_test=50_000,
+            streamed=True,
         ),
         DatasetInfo("synthetic", "generated class templates plus noise, for benchmarks", None, None),
     )

@@ -11,10 +11,18 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from tsla_spec.presets import PRESETS
 from tsla_spec.vocabulary import TEACHER_METHODS, TWO_STAGE_METHODS, Method
@@ -22,8 +30,36 @@ from tsla_spec.vocabulary import TEACHER_METHODS, TWO_STAGE_METHODS, Method
 DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
 
 
+def printable(text: str) -> str:
+    """`text`, if every character is printable: no control, format (bidi), separator or
+    unassigned characters, which could hide text or break a terminal or a log line."""
+    if not text.isprintable():
+        bad = next(char for char in text if not char.isprintable())
+        raise ValueError(f"must be printable text; U+{ord(bad):04X} is not printable")
+    return text
+
+
+def trimmed(text: str) -> str:
+    if text != text.strip():
+        raise ValueError("must not start or end with whitespace")
+    return text
+
+
+# Free text in a spec: printable characters only, and bounded (a job id, a file path).
+JobRef = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(printable)]
+FilePath = Annotated[str, StringConstraints(min_length=1, max_length=4096), AfterValidator(printable)]
+# A name a person gives (a job's, an experiment's): 1-200 printable characters, not padded.
+DisplayName = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(printable), AfterValidator(trimmed)
+]
+# Epoch numbers a spec may name (milestones, the switch): `epochs` is at most this.
+MAX_EPOCHS = 10_000
+Epoch = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Input is validated in strict JSON mode by `build_spec`; these hold for stored specs too.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SyntheticSpec(StrictModel):
@@ -64,14 +100,12 @@ class ScheduleSpec(StrictModel):
     """Per-epoch learning-rate schedule; `milestones` are epochs where lr is multiplied by gamma."""
 
     kind: Literal["step", "cosine", "constant"] = "step"
-    milestones: tuple[int, ...] = (100, 150)
+    milestones: tuple[Epoch, ...] = Field((100, 150), max_length=64)
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0, le=100)
 
     @model_validator(mode="after")
     def _milestones_increase(self) -> ScheduleSpec:
-        if any(m < 1 for m in self.milestones):
-            raise ValueError("schedule.milestones must be epochs >= 1")
         if list(self.milestones) != sorted(set(self.milestones)):
             raise ValueError("schedule.milestones must be strictly increasing")
         return self
@@ -80,9 +114,9 @@ class ScheduleSpec(StrictModel):
 class TeacherSpec(StrictModel):
     """Where the "-pre" prior comes from: a finished job of the service, or (core CLI) a file."""
 
-    job: str | None = Field(None, min_length=1, max_length=64)
+    job: JobRef | None = None
     checkpoint: Literal["best", "latest"] = "best"
-    path: str | None = Field(None, min_length=1, max_length=4096)
+    path: FilePath | None = None
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> TeacherSpec:
@@ -97,7 +131,7 @@ class SmoothingSpec(StrictModel):
     theta: float = Field(0.1, ge=0, le=1)
     # TSLA: smoothing for epochs 0 .. switch_epoch-1, one-hot from switch_epoch on. Only the
     # two-stage methods read it, so a preset's switch epoch survives `method: lsr` overrides.
-    switch_epoch: int | None = Field(None, ge=1)
+    switch_epoch: Epoch | None = None
     # Softmax temperature of the teacher prior ("-pre" methods).
     temperature: float = Field(1.0, gt=0, le=100)
     teacher: TeacherSpec | None = None
@@ -134,12 +168,12 @@ class RunSpec(StrictModel):
     optim: OptimSpec = OptimSpec()
     schedule: ScheduleSpec = ScheduleSpec()
     smoothing: SmoothingSpec = SmoothingSpec()
-    epochs: int = Field(200, ge=1, le=10_000)
+    epochs: int = Field(200, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(128, ge=1, le=65_536)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     checkpoint: CheckpointSpec = CheckpointSpec()
     grad_variance: GradVarianceSpec = GradVarianceSpec()
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")  # [0-9]: ASCII digits only
     # "auto": bf16 autocast where the hardware supports it, else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
@@ -190,8 +224,22 @@ def build_spec(raw: Mapping[str, Any]) -> RunSpec:
         if not isinstance(preset, str) or preset not in PRESETS:
             raise SpecError(f"preset: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
         raw = deep_merge(PRESETS[preset], raw)
+    return validate_strict(raw)
+
+
+def validate_strict(raw: Mapping[str, Any]) -> RunSpec:
+    """Validate input at every depth in strict mode: "0.05" is not a number, "yes" not a boolean.
+
+    Strict mode in Python would refuse a JSON array for a tuple field, so the mapping is validated
+    as the JSON it came as. Stored specs are trusted and read with `RunSpec.model_validate`."""
     try:
-        return RunSpec.model_validate(raw)
+        text = json.dumps(raw, allow_nan=False)
+    except (TypeError, ValueError) as error:  # YAML can hold dates, sets, NaN...
+        raise SpecError(
+            f"spec: values must be JSON strings, numbers, booleans, lists or mappings ({error})"
+        ) from None
+    try:
+        return RunSpec.model_validate_json(text, strict=True)
     except ValidationError as error:
         raise SpecError(describe_validation_error(error)) from None
 

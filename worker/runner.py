@@ -1,7 +1,13 @@
 """Run one job: claim the row, train with the core, persist what it reports, record the end.
 
-A heartbeat thread renews the job's lease and watches the cancel flag; the training loop polls
-a threading.Event between steps, so the database is never queried on the training hot path.
+A heartbeat thread renews the job's lease every lease/3 seconds and reads the cancel flag every
+CANCEL_POLL_SECONDS; the training loop polls a threading.Event between steps, so the database is
+never queried on the training hot path.
+
+How an attempt ends: a divergence, a missing data set or a bad teacher is the job's own error
+(`failed` with the reason, not retried); checkpoint storage that fails after the core's retries
+is the infrastructure's (`jobs.release_job`: re-queued while attempts remain, then `failed` with
+the reason); anything else fails the job with a one-line reason that never quotes SQL.
 """
 
 from __future__ import annotations
@@ -18,11 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tsla_core import CheckpointRecord, CheckpointStore, Hooks, MetricRow, train
-from tsla_core.checkpoint import CheckpointError
+from tsla_core.checkpoint import (
+    CheckpointError,
+    CheckpointStorageError,
+    SkippedCheckpoint,
+    retry_storage,
+)
+from tsla_core.loop import DivergedError
 from tsla_core.readers import DatasetError
 from tsla_service import events, jobs, results
 from tsla_service.db import session_factory
@@ -37,8 +49,13 @@ T = TypeVar("T")
 # How long a database write is retried before the attempt gives up (a restart takes seconds).
 RETRY_FOR_SECONDS = 600.0
 
-# Errors in the job's own input (data set missing on this worker, bad teacher): not retried.
-USER_ERRORS = (DatasetError, CheckpointError)
+# How often the heartbeat thread reads the cancel flag (one SELECT by primary key): a cancel
+# reaches the loop within this plus one step, whatever the lease.
+CANCEL_POLL_SECONDS = 0.5
+
+# Errors of the job's own (a divergence, a data set missing on this worker, a bad teacher):
+# not retried.
+USER_ERRORS = (DivergedError, DatasetError, CheckpointError)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -64,12 +81,24 @@ def with_retries(action: Callable[[], T], what: str, retry_for: float = RETRY_FO
             delay = min(delay * 2, 10.0)
 
 
+def describe(error: BaseException) -> str:
+    """The job's `error` for an exception: the core's messages speak for themselves; a database
+    error gives its driver's first line, never the statement or its parameters."""
+    if isinstance(error, DivergedError | CheckpointStorageError):
+        return str(error)
+    if isinstance(error, StatementError) and error.orig is not None:
+        error = error.orig
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Heartbeat(threading.Thread):
-    """Renews the lease every lease/3 seconds; sets `stop` on cancel or when the lease is lost."""
+    """Renews the lease every lease/3 seconds and reads the cancel flag every CANCEL_POLL_SECONDS
+    in between (reads only: no more lease writes); sets `stop` on cancel or when the lease is lost."""
 
     def __init__(
         self, settings: Settings, sessions: sessionmaker[Session], job_id: str, worker_id: str
@@ -85,22 +114,33 @@ class Heartbeat(threading.Thread):
         self._done = threading.Event()
 
     def run(self) -> None:
-        interval = self.settings.lease_seconds / 3
-        while not self._done.wait(interval):
+        lease = self.settings.lease_seconds
+        renew_every = lease / 3
+        next_renewal = time.monotonic() + renew_every
+        while not self._done.wait(min(CANCEL_POLL_SECONDS, renew_every)):
+            renew = time.monotonic() >= next_renewal
             try:
                 with self.sessions() as session:
-                    status = jobs.renew_lease(
-                        session, self.job_id, self.worker_id, self.settings.lease_seconds
-                    )
-            except Exception:  # a database restart: keep training, try again next beat
-                log.exception("heartbeat for %s failed; retrying", self.job_id)
+                    if renew:
+                        status = jobs.renew_lease(session, self.job_id, self.worker_id, lease)
+                    else:
+                        status = jobs.lease_status(session, self.job_id, self.worker_id)
+            except Exception:  # a database restart: keep training, try again at the next poll
+                if renew:  # once per lease period, not every poll
+                    log.exception("heartbeat for %s failed; retrying", self.job_id)
+                    next_renewal = time.monotonic() + renew_every / 4
                 continue
-            if status.cancel_requested:
-                self.cancel_requested = True
-                self.stop.set()
-            if not status.held:
-                self.lease_lost = True
-                self.stop.set()
+            if renew:
+                next_renewal = time.monotonic() + renew_every
+            self.observe(status)
+
+    def observe(self, status: jobs.LeaseStatus) -> None:
+        if status.cancel_requested:
+            self.cancel_requested = True
+            self.stop.set()
+        if not status.held:
+            self.lease_lost = True
+            self.stop.set()
 
     def finish(self) -> None:
         self._done.set()
@@ -150,8 +190,8 @@ class JobRun:
         key = self.storage.key(self.job_id, f"checkpoints/{record.path.name}")
         kept = {r.name for r in CheckpointStore(record.path.parent).records()}
         if not self.storage.is_local:
-            self.storage.put_file(record.path, key)
-            self.storage.put_file(record.path.with_suffix(".json"), key.removesuffix(".pt") + ".json")
+            self.upload(record.path, key)
+            self.upload(record.path.with_suffix(".json"), key.removesuffix(".pt") + ".json")
             for stored in self.storage.list(f"{self.job_id}/checkpoints"):
                 if Path(stored).stem not in kept:  # the core's retention removed the local copy
                     self.storage.delete(stored)
@@ -161,12 +201,33 @@ class JobRun:
         )
         events.notify(self.settings.events_url, self.job_id, "checkpoint")
 
+    def upload(self, local: Path, key: str) -> None:
+        """Remote storage: retried like the core's local writes; CheckpointStorageError after."""
+        retry_storage(
+            lambda: self.storage.put_file(local, key),
+            f"uploading {local.name}",
+            log=lambda message: self.log(message, level="warning"),
+        )
+
+    def on_skipped_checkpoint(self, skipped: SkippedCheckpoint) -> None:
+        """Resume passed over a checkpoint that does not verify: stop offering it (list, latest,
+        best, download) so its recorded sha256 is never served as its ETag again."""
+        name = skipped.record.name
+        marked = self.write(
+            lambda session: results.mark_checkpoint_corrupt(session, self.job_id, name),
+            f"marking checkpoint {name} corrupt",
+        )
+        if marked:
+            self.log(f"checkpoint {name} marked corrupt, no longer offered: {skipped.reason}", "warning")
+            events.notify(self.settings.events_url, self.job_id, "checkpoint")
+
     def hooks(self, heartbeat: Heartbeat) -> Hooks:
         return Hooks(
             on_metrics=self.on_metrics,
             on_checkpoint=self.on_checkpoint,
             should_stop=heartbeat.stop.is_set,
             on_log=self.log,
+            on_skipped_checkpoint=self.on_skipped_checkpoint,
         )
 
     def finish(self, state: str, error: str | None = None) -> str:
@@ -178,6 +239,16 @@ class JobRun:
         events.notify(self.settings.events_url, self.job_id, "state")
         self.log(f"attempt {self.attempt} ended: {state}" + (f" ({error})" if error else ""))
         return state if recorded else f"{state} (not recorded: lease lost)"
+
+    def release(self, reason: str) -> str:
+        """An infrastructure failure ended the attempt: another attempt while any remain."""
+        state = self.write(
+            lambda session: jobs.release_job(session, self.job_id, self.worker_id, reason),
+            f"releasing job {self.job_id}",
+        )
+        events.notify(self.settings.events_url, self.job_id, "state")
+        self.log(f"attempt {self.attempt} ended: {state or 'lease lost'} ({reason})", level="warning")
+        return state or "lease lost"
 
 
 def resolve_teacher(run: JobRun) -> Path | None:
@@ -237,17 +308,25 @@ def run_job(job_id: str, settings: Settings) -> str:
     heartbeat = Heartbeat(settings, sessions, job_id, worker_id)
     heartbeat.start()
     try:
-        run.log(f"attempt {run.attempt} started on {worker_id}")
-        run_dir = prepare_run_dir(settings, run.storage, job_id)
-        teacher_path = resolve_teacher(run)
-        result = train(run.spec, run_dir, settings.data_root, run.hooks(heartbeat), teacher_path)
-    except USER_ERRORS as error:
-        return run.finish("failed", f"{type(error).__name__}: {error}")
-    except Exception as error:
-        run.log(traceback.format_exc(), level="error")
-        return run.finish("failed", f"{type(error).__name__}: {error}")
+        return train_attempt(run, heartbeat)
     finally:
         heartbeat.finish()
+
+
+def train_attempt(run: JobRun, heartbeat: Heartbeat) -> str:
+    """One attempt of a claimed job, ended in the database; what happened, for the task log."""
+    try:
+        run.log(f"attempt {run.attempt} started on {run.worker_id}")
+        run_dir = prepare_run_dir(run.settings, run.storage, run.job_id)
+        teacher_path = resolve_teacher(run)
+        result = train(run.spec, run_dir, run.settings.data_root, run.hooks(heartbeat), teacher_path)
+    except USER_ERRORS as error:
+        return run.finish("failed", describe(error))
+    except CheckpointStorageError as error:
+        return run.release(str(error))
+    except Exception as error:
+        run.log(traceback.format_exc(), level="error")
+        return run.finish("failed", describe(error))
     if result.status == "completed":
         return run.finish("succeeded")
     if heartbeat.cancel_requested:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import IO, Annotated, Any
 
@@ -12,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.deps import OwnedJob, SessionDep, SettingsDep
+from api.params import parse_byte_range, parse_checkpoint_ref
 from api.schemas import JOB_RESPONSES, CheckpointPublic, CheckpointsPublic, Message
 from tsla_service import results
 from tsla_service.models import Checkpoint
@@ -34,9 +34,10 @@ def list_checkpoints(job: OwnedJob, session: SessionDep) -> CheckpointsPublic:
 
 
 def find_checkpoint(session: Session, job_id: str, ref: str) -> Checkpoint:
-    if ref not in ("best", "latest") and not (ref.isdigit() and len(ref) < 19):
+    parsed = parse_checkpoint_ref(ref)
+    if parsed is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "ref: a checkpoint id, 'latest' or 'best'")
-    found = results.find_checkpoint(session, job_id, ref)
+    found = results.find_checkpoint(session, job_id, parsed)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no checkpoint {ref!r}")
     return found
@@ -44,17 +45,16 @@ def find_checkpoint(session: Session, job_id: str, ref: str) -> Checkpoint:
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a single `bytes=` range, None for the whole file; 416 if unsatisfiable."""
-    if header is None:
+    parsed = parse_byte_range(header)
+    if parsed is None:
         return None
-    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
-    if match is None or match.group(1) == match.group(2) == "":
-        return None  # not a single byte range (e.g. several ranges): RFC 9110 lets us send it all
-    first_text, last_text = match.groups()
-    if first_text == "":
-        first, last = max(0, size - int(last_text)), size - 1
+    first_given, last_given = parsed
+    if first_given is None:
+        assert last_given is not None  # a suffix range: the last N bytes
+        first, last = max(0, size - last_given), size - 1
     else:
-        first = int(first_text)
-        last = min(int(last_text), size - 1) if last_text else size - 1
+        first = first_given
+        last = min(last_given, size - 1) if last_given is not None else size - 1
     if first >= size or first > last:
         raise HTTPException(
             status.HTTP_416_RANGE_NOT_SATISFIABLE,
@@ -62,6 +62,12 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             headers={"Content-Range": f"bytes */{size}"},
         )
     return first, last
+
+
+def matches_etag(if_none_match: str, etag: str) -> bool:
+    """If-None-Match: `*`, or a list of tags compared weakly (a `W/` prefix does not matter)."""
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def read_span(handle: IO[Any], first: int, length: int) -> Iterator[bytes]:
@@ -111,7 +117,7 @@ def download_checkpoint(
         "Content-Disposition": f'attachment; filename="{job.id}-{checkpoint.name}.pt"',
         "X-Checkpoint-Sha256": checkpoint.sha256,
     }
-    if if_none_match is not None and etag in (t.strip() for t in if_none_match.split(",")):
+    if if_none_match is not None and matches_etag(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     span = byte_range(range_header, size) if if_range in (None, etag) else None
     first, last = span if span is not None else (0, size - 1)

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select, tuple_
 
 from api.deps import CurrentToken, OwnedJob, QueueDep, SessionDep, SettingsDep
+from api.params import IdempotencyKeyText, JobsPageSize
 from api.schemas import ERROR_RESPONSES, JobCreate, JobPublic, JobsPublic, Message
 from tsla_service import events, jobs
 from tsla_service.models import Job
@@ -19,7 +20,10 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
 IdempotencyKey = Annotated[
-    str | None, Header(alias="Idempotency-Key", max_length=200, description="retry-safe submission key")
+    IdempotencyKeyText | None,
+    Header(
+        alias="Idempotency-Key", description="retry-safe submission key: 1-200 printable ASCII characters"
+    ),
 ]
 
 
@@ -28,9 +32,12 @@ IdempotencyKey = Annotated[
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
     responses={
-        400: {"model": Message, "description": "the body is not JSON"},
+        400: {
+            "model": Message,
+            "description": "the body is not UTF-8 JSON, or the URL or a header is malformed",
+        },
         409: {"model": Message},
-        413: {"model": Message},
+        413: {"model": Message, "description": "the body is larger than TSLA_MAX_BODY_BYTES"},
         429: {"model": Message},
     },
 )
@@ -65,7 +72,7 @@ def list_jobs(
     cursor: Annotated[
         str | None, Query(max_length=64, description="next_cursor of the previous page")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[JobsPageSize, Query()] = 50,
 ) -> JobsPublic:
     """Newest first, in pages that follow `next_cursor`."""
     query = (

@@ -12,12 +12,13 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from api.deps import OwnedJob, SessionDep, SettingsDep
+from api.params import Int64, LogsPageSize, MetricsPageSize
 from api.schemas import JOB_RESPONSES, LogPublic, LogsPage, MetricPublic, MetricsPage
 from tsla_service.models import LogLine, Metric
 
 router = APIRouter(prefix="/jobs", tags=["metrics"], responses=JOB_RESPONSES)
 
-After = Annotated[int | None, Query(ge=0, description="return rows with seq greater than this")]
+After = Annotated[Int64 | None, Query(description="return rows with seq greater than this")]
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage)
@@ -26,7 +27,7 @@ def list_metrics(
     session: SessionDep,
     settings: SettingsDep,
     after: After = None,
-    limit: Annotated[int, Query(ge=1)] = 1000,
+    limit: Annotated[MetricsPageSize, Query(description="at most TSLA_METRICS_PAGE_MAX")] = 1000,
     name: Annotated[str | None, Query(max_length=64, description="only this metric, e.g. top1")] = None,
 ) -> MetricsPage:
     limit = min(limit, settings.metrics_page_max)
@@ -50,7 +51,7 @@ def list_logs(
     job: OwnedJob,
     session: SessionDep,
     after: After = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    limit: Annotated[LogsPageSize, Query()] = 500,
 ) -> LogsPage:
     query = select(LogLine).where(LogLine.job_id == job.id).order_by(LogLine.seq).limit(limit + 1)
     if after is not None:

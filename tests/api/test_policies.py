@@ -138,8 +138,15 @@ def test_prometheus_metrics_report_jobs_queue_epochs_and_latency(api: Api) -> No
     with session_scope(api.database_url) as session:
         record_metrics(session, job["id"], 1, rows)
     submit(api, alice)
+    for made_up in ("FOO", "BAR", "X" * 40):  # a client's method never becomes a new label value
+        api.client.request(made_up, "/jobs", headers=api.as_token(alice))
     assert api.client.get("/metrics").status_code == 401
-    text = api.client.get("/metrics", headers=api.as_token(alice)).text
+    refused = api.client.get("/metrics", headers=api.as_token(alice))
+    assert refused.status_code == 403 and "operator" in refused.json()["detail"]
+    operator = api.new_token("ops", role="operator")
+    text = api.client.get("/metrics", headers=api.as_token(operator)).text
+    assert "FOO" not in text and 'method="other",route="/jobs"' in text
+    assert "tsla_workers 0.0" in text
     assert 'tsla_jobs{state="running"} 1.0' in text
     assert 'tsla_jobs{state="queued"} 1.0' in text
     assert "tsla_queue_depth 1.0" in text

@@ -33,13 +33,12 @@ from ._stack import FAST, FAST_SET, embedded_stack
 pytestmark = pytest.mark.integration
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
-# A cancel reaches a running job at its heartbeat, every lease/3 seconds: 5 s instead of 20 s.
-LEASE_SECONDS = "15"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with embedded_stack(tmp_path_factory.mktemp("cli"), TSLA_LEASE_SECONDS=LEASE_SECONDS) as service:
+    # The default lease: a cancel reaches a running job within the worker's cancel poll (0.5 s).
+    with embedded_stack(tmp_path_factory.mktemp("cli")) as service:
         yield service
 
 
@@ -150,10 +149,10 @@ def test_submit_prints_only_the_job_id(stack: Service, main_job: dict[str, Any])
 
 
 def test_watch_of_a_canceled_job_exits_1(stack: Service, main_job: dict[str, Any]) -> None:
-    # Queued behind the main job, so the cancel ends it at once; were it running already, the short
-    # lease stops it within seconds.
-    spec = {"preset": "digits", "epochs": 2, "smoothing": {"switch_epoch": 1}, "name": "cli-canceled"}
-    job = stack.submit({**spec, **FAST})
+    # Queued behind the main job, or running on the CPU with far more epochs than the test takes:
+    # unfinished when the cancel comes, which ends it at once or at its next step.
+    spec = {"preset": "digits", "epochs": 200, "smoothing": {"switch_epoch": 1}, "name": "cli-canceled"}
+    job = stack.submit({**spec, **FAST, "device": "cpu"})
     watch = subprocess.Popen(
         [sys.executable, "-m", "tsla_cli", "watch", job["id"]],
         cwd=REPO_ROOT,
@@ -164,9 +163,6 @@ def test_watch_of_a_canceled_job_exits_1(stack: Service, main_job: dict[str, Any
         text=True,
     )
     try:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            watch.wait(timeout=2)
-        assert watch.poll() is None, f"watch of a live job exited early: {watch.communicate()}"
         response = stack.cancel(job["id"])
         assert response.status_code == 200, response.text
         stdout, stderr = watch.communicate(timeout=90)

@@ -1,13 +1,26 @@
-"""The training loop on tiny synthetic data: stages, exact resume, checkpoints, stop, variance."""
+"""The training loop on tiny synthetic data: stages, exact resume, checkpoints, stop, variance,
+divergence."""
 
+import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import tiny_raw_spec
-from tsla_core import CheckpointError, CheckpointStore, Hooks, MetricRow, Trainer, train
-from tsla_core.loop import SpecMismatchError, lr_factor, split_gradient_variance
+from tsla_core import (
+    CheckpointError,
+    CheckpointStore,
+    DivergedError,
+    Hooks,
+    MetricRow,
+    SkippedCheckpoint,
+    Trainer,
+    train,
+)
+from tsla_core.loop import SpecMismatchError, first_nonfinite, lr_factor, split_gradient_variance
 from tsla_spec.spec import RunSpec, ScheduleSpec, build_spec
 
 TIMING = {"images_per_s", "epoch_time"}
@@ -38,18 +51,59 @@ def test_stage_switches_exactly_at_switch_epoch(tmp_path: Path, tiny_spec: RunSp
     } <= names
 
 
-def test_smoothing_changes_the_training_loss_only_before_the_switch(tmp_path: Path) -> None:
-    """TSLA(2) and LSR share epochs 0-1 exactly; they part from epoch 2 on."""
+def train_losses(spec: RunSpec, out: Path) -> dict[int, float]:
+    rows: list[MetricRow] = []
+    train(spec, out, Path("unused"), collect(rows))
+    return {r.epoch: r.value for r in rows if (r.split, r.name) == ("train", "loss")}
+
+
+def test_smoothing_changes_the_training_loss_only_before_the_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TSLA(2) and LSR share epochs 0-1 exactly; they part from epoch 2 on, where TSLA trains on
+    and logs exactly what a trainer whose one-hot stage is F.cross_entropy does."""
     runs = {}
     for method in ("tsla", "lsr"):
-        rows: list[MetricRow] = []
         raw = tiny_raw_spec()
         raw["smoothing"] = {"method": method, "theta": 0.2, "switch_epoch": 2}
-        train(build_spec(raw), tmp_path / method, Path("unused"), collect(rows))
-        runs[method] = {(r.epoch, r.name): r.value for r in rows if r.split == "train" and r.name == "loss"}
-    assert runs["tsla"][(0, "loss")] == runs["lsr"][(0, "loss")]
-    assert runs["tsla"][(1, "loss")] == runs["lsr"][(1, "loss")]
-    assert runs["tsla"][(2, "loss")] != runs["lsr"][(2, "loss")]
+        runs[method] = train_losses(build_spec(raw), tmp_path / method)
+    assert runs["tsla"][0] == runs["lsr"][0]
+    assert runs["tsla"][1] == runs["lsr"][1]
+    assert runs["tsla"][2] != runs["lsr"][2]
+
+    original = Trainer._loss
+
+    def plain_after_switch(
+        self: Trainer, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, stage: str
+    ) -> torch.Tensor:
+        if stage == "onehot":
+            return F.cross_entropy(logits.float(), labels, reduction="none")
+        return original(self, logits, images, labels, stage)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Trainer, "_loss", plain_after_switch)
+    raw = tiny_raw_spec()
+    raw["smoothing"] = {"method": "tsla", "theta": 0.2, "switch_epoch": 2}
+    plain = train_losses(build_spec(raw), tmp_path / "plain")
+    assert plain[0] == runs["tsla"][0] and plain[1] == runs["tsla"][1]
+    for epoch in (2, 3):  # the same up to float rounding (another kernel computes the same sum)
+        assert plain[epoch] == pytest.approx(runs["tsla"][epoch], rel=1e-5, abs=0), epoch
+
+
+def test_the_trainers_loss_is_plain_cross_entropy_after_the_switch(tiny_spec: RunSpec) -> None:
+    """The per-sample loss the trainer backpropagates and logs (its own `_loss`): after the switch
+    exactly F.cross_entropy, before it exactly F.cross_entropy with label_smoothing=theta."""
+    trainer = Trainer(tiny_spec, Path("unused"), Path("unused"))
+    images, labels = next(iter(trainer.data.train.batches(32, torch.Generator().manual_seed(0), False)))
+    logits = torch.randn(
+        labels.shape[0], trainer.data.num_classes, generator=torch.Generator().manual_seed(1)
+    )
+    theta = tiny_spec.smoothing.theta
+    onehot = trainer._loss(logits, images, labels, "onehot")
+    smooth = trainer._loss(logits, images, labels, "smooth")
+    torch.testing.assert_close(onehot, F.cross_entropy(logits, labels, reduction="none"), rtol=0, atol=1e-6)
+    expected = F.cross_entropy(logits, labels, reduction="none", label_smoothing=theta)
+    torch.testing.assert_close(smooth, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(onehot, smooth)
 
 
 def test_exact_resume_gives_bit_identical_weights_and_metrics(tmp_path: Path, tiny_spec: RunSpec) -> None:
@@ -108,10 +162,20 @@ def test_corrupt_checkpoint_is_rejected_and_resume_falls_back(tmp_path: Path, ti
         store.load(newest)
     found = store.newest_resumable()
     assert found is not None
-    record, state, problems = found
+    record, state, skipped = found
     assert record.epoch == newest.epoch - 1
     assert state["epoch"] == newest.epoch - 1
-    assert len(problems) == 1 and "sha256" in problems[0]
+    assert [s.record.name for s in skipped] == [newest.name] and "sha256" in skipped[0].reason
+
+    # A trainer resuming here reports the skipped one through its hook, and resumes before it.
+    reported: list[SkippedCheckpoint] = []
+    logs: list[str] = []
+    hooks = Hooks(on_skipped_checkpoint=reported.append, on_log=logs.append)
+    trainer = Trainer(tiny_spec, tmp_path, Path("unused"), hooks)
+    trainer.resume_if_possible()
+    assert [s.record.name for s in reported] == [newest.name] and "corrupt" in reported[0].reason
+    assert trainer.epoch == newest.epoch
+    assert any(f"resumed from {record.name}" in m for m in logs), logs
 
 
 def test_truncated_checkpoint_without_hash_is_reported_not_half_loaded(
@@ -185,3 +249,67 @@ def test_split_gradient_variance_estimates_the_per_sample_variance() -> None:
         estimates.append(split_gradient_variance(params, first_half, n // 2, n).item())
         torch.testing.assert_close(torch.cat([p.grad.flatten() for p in params]), grads.mean(0))
     assert sum(estimates) / len(estimates) == pytest.approx(truth.item(), rel=0.1)
+
+
+# --- divergence ---------------------------------------------------------------------------------
+
+
+def nan_loss_from_epoch(monkeypatch: pytest.MonkeyPatch, first: int) -> None:
+    """Make the training loss NaN from epoch `first` on, as a diverging run's would be."""
+    original = Trainer._loss
+
+    def loss(self: Trainer, *args: object) -> torch.Tensor:
+        losses = original(self, *args)  # type: ignore[arg-type]
+        return losses * math.nan if self.epoch >= first else losses
+
+    monkeypatch.setattr(Trainer, "_loss", loss)
+
+
+def test_a_nan_loss_fails_the_run_after_reporting_its_rows(
+    tmp_path: Path, tiny_spec: RunSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nan_loss_from_epoch(monkeypatch, first=1)
+    rows: list[MetricRow] = []
+    with pytest.raises(DivergedError) as raised:
+        train(tiny_spec, tmp_path, Path("unused"), collect(rows))
+    # The epoch is numbered as in the metric rows (0-based).
+    assert str(raised.value) == "diverged: train/loss is NaN at epoch 1"
+    loss = {r.epoch: r.value for r in rows if (r.split, r.name) == ("train", "loss")}
+    assert sorted(loss) == [0, 1] and math.isfinite(loss[0]) and math.isnan(loss[1])
+    # No checkpoint holds the diverged state: only epoch 0's was written.
+    assert [r.name for r in CheckpointStore(tmp_path / "checkpoints").records()] == ["epoch-0000"]
+
+
+def test_on_nonfinite_continue_trains_on_and_records_the_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nan_loss_from_epoch(monkeypatch, first=1)
+    spec = build_spec(tiny_raw_spec(on_nonfinite="continue"))
+    rows: list[MetricRow] = []
+    logs: list[str] = []
+    result = train(spec, tmp_path, Path("unused"), Hooks(on_metrics=rows.extend, on_log=logs.append))
+    assert result.status == "completed" and result.epochs_done == 4
+    loss = {r.epoch: r.value for r in rows if (r.split, r.name) == ("train", "loss")}
+    assert [math.isnan(loss[e]) for e in range(4)] == [False, True, True, True]
+    assert any("diverged: train/loss is NaN at epoch 1; training on" in m for m in logs), logs
+    # The best checkpoint is ranked by finite top-1 only.
+    assert result.best is not None and math.isfinite(result.best.metrics["test/top1"])
+
+
+def test_a_diverging_learning_rate_fails_with_the_reason(tmp_path: Path) -> None:
+    """lr 10 (the largest a spec allows) with SGD momentum: NaN within the first epochs on the CPU."""
+    raw = tiny_raw_spec(
+        optim={"lr": 10}, batch_size=16, schedule={"kind": "constant"}, precision="fp32", seed=1, epochs=8
+    )
+    raw["data"]["synthetic"]["num_train"] = 1024
+    with pytest.raises(DivergedError) as raised:
+        train(build_spec(raw), tmp_path, Path("unused"))
+    assert re.fullmatch(r"diverged: (train/loss|test/\w+) is (NaN|inf|-inf) at epoch \d", str(raised.value))
+
+
+def test_first_nonfinite_watches_the_train_loss_then_the_test_metrics() -> None:
+    assert first_nonfinite({"train/loss": 1.0, "test/loss": 2.0}) is None
+    assert first_nonfinite({"train/grad_var": math.inf, "train/loss": 1.0}) is None
+    assert first_nonfinite({"train/loss": math.inf, "test/loss": math.nan}) == ("train/loss", math.inf)
+    found = first_nonfinite({"train/loss": 1.0, "test/top1": 3.0, "test/loss": -math.inf})
+    assert found == ("test/loss", -math.inf)

@@ -1,10 +1,12 @@
+import datetime
 import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from tsla_spec.presets import PRESETS
-from tsla_spec.spec import SpecError, build_spec, load_spec_file, parse_override
+from tsla_spec.spec import DisplayName, RunSpec, SpecError, build_spec, load_spec_file, parse_override
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -53,6 +55,27 @@ def test_fields_override_the_preset_and_nested_fields_merge() -> None:
         ({"schedule": {"milestones": [5, 3]}}, "strictly increasing"),
         ({"device": "tpu"}, "device"),
         ({"smoothing": {"method": "lsr-pre", "teacher": {"job": "a", "path": "b"}}}, "exactly one"),
+        # Strict at every depth: nothing is coerced.
+        ({"optim": {"lr": "0.05"}}, "optim.lr: Input should be a valid number"),
+        ({"data": {"augment": "yes"}}, "data.augment: Input should be a valid boolean"),
+        ({"smoothing": {"switch_epoch": "1"}}, "smoothing.switch_epoch: Input should be a valid integer"),
+        ({"smoothing": {"switch_epoch": 1.0}}, "smoothing.switch_epoch"),
+        ({"model": {"width": True}}, "model.width"),
+        ({"schedule": {"milestones": ["3"]}}, "schedule.milestones.0"),
+        ({"schedule": {"milestones": "3,6"}}, "schedule.milestones"),
+        ({"epochs": 2.0}, "epochs"),
+        # Bounded lists and numbers, printable strings.
+        ({"schedule": {"milestones": list(range(1, 66))}}, "at most 64 items"),
+        ({"schedule": {"milestones": list(range(1, 100_001))}}, "at most 64 items"),
+        ({"schedule": {"milestones": [10_001]}}, "less than or equal to 10000"),
+        ({"schedule": {"milestones": [0]}}, "greater than or equal to 1"),
+        ({"smoothing": {"method": "lsr", "switch_epoch": 10**12}}, "smoothing.switch_epoch"),
+        ({"device": "cuda:\u0663"}, "device"),
+        ({"optim": {"lr": float("nan")}}, "JSON"),
+        ({"seed": datetime.date(2024, 1, 1)}, "JSON"),
+        ({"smoothing": {"method": "lsr-pre", "teacher": {"job": "a\u202eb"}}}, "printable"),
+        ({"smoothing": {"method": "lsr-pre", "teacher": {"path": "a\nb"}}}, "printable"),
+        ({"smoothing": {"method": "lsr-pre", "teacher": {"job": "a" * 65}}}, "at most 64 characters"),
     ],
 )
 def test_bad_specs_are_explained(raw: dict, message: str) -> None:
@@ -81,3 +104,47 @@ def test_spec_files_load_from_yaml_and_json(tmp_path: Path) -> None:
         load_spec_file(tmp_path / "list.yaml")
     with pytest.raises(SpecError, match="cannot read"):
         load_spec_file(tmp_path / "missing.yaml")
+
+
+def test_json_arrays_fill_tuple_fields_and_ints_fill_floats() -> None:
+    spec = build_spec({"preset": "digits", "schedule": {"milestones": [3, 6]}, "optim": {"lr": 1}})
+    assert spec.schedule.milestones == (3, 6) and spec.optim.lr == 1.0
+
+
+def test_stored_specs_still_load_in_python_mode() -> None:
+    """The worker reads `job.spec` (JSON-shaped: lists for tuples) with `RunSpec.model_validate`."""
+    spec = build_spec({"preset": "cifar100-resnet18"})
+    stored = json.loads(json.dumps(spec.model_dump(mode="json")))
+    assert RunSpec.model_validate(stored) == spec
+    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+class Named(BaseModel):
+    name: DisplayName
+
+
+@pytest.mark.parametrize("name", ["a", "TSLA run #3 (θ=0.2)", "x" * 200, "名前", "a b"])
+def test_display_names_take_printable_text(name: str) -> None:
+    assert Named(name=name).name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        " a",
+        "a ",
+        "x" * 201,
+        "a\nb",
+        "a\x00b",
+        "\x1b[31m",
+        "a\u202eb",
+        "a\u200bb",
+        "\ufeffa",
+        "a\u2028b",
+        "\ue000",
+    ],
+)
+def test_display_names_refuse_anything_else(name: str) -> None:
+    with pytest.raises(ValidationError):
+        Named(name=name)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tsla_cli import stack
 from tsla_cli.client import TslaClient
@@ -527,3 +530,126 @@ def embedded_stack(root: Path, **env: str) -> Iterator[Service]:
     finally:
         service.close()
         stop_process(server, grace=30)
+
+
+# --- faults on real processes: the process table, strict JSON, a small filesystem ------------------
+
+# A spec that diverges within its first epoch on the CPU (lr 10, the largest a spec allows, with SGD
+# momentum): the train loss or a test metric is NaN or infinite, and the job must fail saying so.
+DIVERGING_SPEC: dict[str, Any] = {
+    "name": "diverging",
+    "data": {
+        "name": "synthetic",
+        "synthetic": {"num_train": 1024, "num_test": 64, "image_size": 8, "num_classes": 5},
+    },
+    "model": {"width": 4},
+    "optim": {"lr": 10},
+    "schedule": {"kind": "constant"},
+    "batch_size": 16,
+    "epochs": 8,
+    "seed": 1,
+    "precision": "fp32",
+    "device": "cpu",
+}
+DIVERGED = r"diverged: (train/loss|test/\w+) is (NaN|inf|-inf) at epoch (\d+)"
+
+
+def strict_json(text: str) -> Any:
+    """json.loads that refuses the NaN / Infinity tokens Python's own json writes and reads."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"invalid JSON: bare {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def read_event_stream(service: Service, job_id: str, timeout: float = 120.0) -> list[tuple[str, Any]]:
+    """(event, data) of every event of GET /jobs/{id}/events until the server ends the stream (a
+    finished job's whole history); each data line is parsed as strict JSON."""
+    events: list[tuple[str, Any]] = []
+    event = ""
+    deadline = time.monotonic() + timeout
+    with service.http.stream("GET", f"/jobs/{job_id}/events", timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            assert time.monotonic() < deadline, "the event stream did not end"
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:"):
+                events.append((event, strict_json(line.partition(":")[2].strip())))
+    return events
+
+
+def check_diverged_job(service: Service, job_id: str, timeout: float = 300.0) -> dict[str, Any]:
+    """The job failed with the divergence reason; its metrics page, checkpoint list and event stream
+    are strict JSON and carry the diverged value as `value: null` with `nonfinite`; no checkpoint of
+    the diverged epoch exists. Returns the diverged metric row."""
+    job = service.wait_job(job_id, timeout)
+    assert job["state"] == "failed" and job["attempt"] == 1, job
+    found = re.fullmatch(DIVERGED, job["error"] or "")
+    assert found, job["error"]
+    key, label, epoch = found.group(1), found.group(2), int(found.group(3))
+
+    page = service.http.get(f"/jobs/{job_id}/metrics", params={"limit": 5000})
+    assert page.status_code == 200, page.text
+    rows = strict_json(page.text)["items"]
+    diverged = next(r for r in rows if (r["epoch"], f"{r['split']}/{r['name']}") == (epoch, key))
+    assert diverged["value"] is None and diverged["nonfinite"] == label.lower(), diverged
+    assert max(r["epoch"] for r in rows) == epoch, "nothing may be trained after the divergence"
+
+    listing = service.http.get(f"/jobs/{job_id}/checkpoints")
+    assert listing.status_code == 200, listing.text
+    assert all(item["epoch"] < epoch for item in strict_json(listing.text)["items"])
+
+    events = read_event_stream(service, job_id)
+    assert events[-1][0] == "end" and events[-1][1]["state"] == "failed", events[-1]
+    streamed = [data for kind, data in events if kind == "metric" and data["seq"] == diverged["seq"]]
+    assert streamed == [diverged]
+    return diverged
+
+
+def process_table() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process, from /proc."""
+    table = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
+        except OSError:  # it exited meanwhile
+            continue
+        # The command name in parentheses may hold spaces: the fields after it are fixed.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        table.append((int(entry), parent, cmdline.strip()))
+    return table
+
+
+def serve_worker_pid(home: Path) -> int | None:
+    """The pid of the worker that `tsla serve --home HOME` runs now (its child `python -m worker`)."""
+    table = process_table()
+    serve = [pid for pid, _, cmd in table if " serve " in f"{cmd} " and f"--home {home}" in cmd]
+    workers = [pid for pid, parent, cmd in table if parent in serve and " -m worker " in f" {cmd} "]
+    return workers[0] if len(workers) == 1 else None
+
+
+@contextmanager
+def small_filesystem(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "3m") mounted on `folder`: writes past it fail with ENOSPC. Needs
+    root (CAP_SYS_ADMIN); unmounted (lazily, if a process still has a file open there) at the end."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)

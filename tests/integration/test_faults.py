@@ -1,8 +1,11 @@
 """Fault injection against the production-shaped stack: a worker killed with SIGKILL mid-epoch,
-duplicate deliveries, Redis and PostgreSQL restarts under a running job, and a job whose attempts
-are spent. Every test builds a private stack (`FaultStack`: its own database, Redis database,
-queue, storage and processes), so killing and restarting things never disturbs another test's
-stack; every wait is bounded.
+duplicate deliveries, Redis and PostgreSQL restarts under a running job, a job whose attempts are
+spent, checkpoint storage that fills up, a corrupt newest checkpoint, the cancel latency at the
+default lease, and the worker of `tsla serve` killed and restarted (a diverging run: in
+test_service_postgres.py and test_service_embedded.py). Every test builds a private stack
+(`FaultStack`: its own database, Redis database, queue, storage and processes; or its own
+`tsla serve`), so killing and restarting things never disturbs another test's stack; every
+wait is bounded.
 
 The training spec is small synthetic data whose epochs take 1-2 s on one CPU thread here, so
 "mid-epoch" is reachable and a whole job takes seconds.
@@ -10,7 +13,9 @@ The training spec is small synthetic data whose epochs take 1-2 s on one CPU thr
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -20,17 +25,23 @@ from typing import Any
 
 import pytest
 
+from tsla_spec.hashing import sha256_file
+
 from ._support import (
     FINISHED,
     FaultStack,
     Service,
     Worker,
     check_metric_rows,
+    embedded_stack,
     job_logs,
     job_metrics,
     queue_drained,
     redis_stopped,
     restart_postgres,
+    serve_worker_pid,
+    sha256_bytes,
+    small_filesystem,
     wait_for,
 )
 
@@ -283,17 +294,19 @@ def test_redis_restart_during_a_running_job(make_stack: StackFactory) -> None:
     wait_epochs(service, running["id"], done=2)
 
     with redis_stopped():
-        time.sleep(2)
-        submitted = time.monotonic()
-        response = service.http.post("/jobs", json=spec(name="submitted-while-redis-down", epochs=4))
-        took = time.monotonic() - submitted
+        # The job trains on through the outage: another epoch's rows arrive while Redis is down.
+        done = service.job(running["id"])["epochs_done"]
+        wait_epochs(service, running["id"], done=done + 1)
+        # Answered (201) while the broker is down, within the client's request timeout.
+        response = service.http.post(
+            "/jobs", json=spec(name="submitted-while-redis-down", epochs=4), timeout=60
+        )
         assert response.status_code == 201, response.text
         waiting = response.json()
         assert waiting["state"] == "queued"
         [(enqueued_at,)] = stack.sql("SELECT enqueued_at FROM jobs WHERE id = %s", waiting["id"])
         assert enqueued_at is None, "a job stored while the broker is down is marked unsent"
         assert service.job(running["id"])["state"] == "running"
-    assert took < 20, f"POST /jobs took {took:.1f}s with the broker down"
     # Submitted once Redis is back, while the worker is still busy with the first job.
     after = service.submit(spec(name="submitted-after-redis-restart", epochs=4))
     assert service.job(running["id"])["state"] == "running", "the first job must outlast the restart"
@@ -358,3 +371,147 @@ def test_reaper_fails_job_without_attempts_left(make_stack: StackFactory) -> Non
     assert job_metrics(service, job["id"]) == rows_at_kill
     logs = job_logs(service, job["id"])
     assert not any("attempt 2" in m for m in logs), logs
+
+
+# --- 7: the worker of `tsla serve` killed: restarted, and the job resumes -------------------------
+
+
+def test_killed_serve_worker_is_restarted_and_its_job_resumes(tmp_path: Path) -> None:
+    """SIGKILL of the worker process `tsla serve` supervises (not of the stack): serve starts a new
+    one within seconds; its reaper re-queues the job once the lease expires, and attempt 2 resumes
+    from the newest checkpoint and succeeds with one metric row per (epoch, split, name)."""
+    with embedded_stack(tmp_path, TSLA_LEASE_SECONDS=str(FIRST_LEASE), OMP_NUM_THREADS="1") as service:
+        home = service.home
+        job = service.submit(spec(name="serve-worker-killed"))
+        wait_epochs(service, job["id"], done=2)
+        first = wait_for(lambda: serve_worker_pid(home), 30, "the serve worker's pid")
+        os.kill(first, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        second = wait_for(
+            lambda: (pid := serve_worker_pid(home)) is not None and pid != first and pid, 30, "a new worker"
+        )
+        restarted_in = time.monotonic() - killed_at
+        final = wait_finished(service, job["id"])
+        assert final["state"] == "succeeded" and final["attempt"] == 2, final
+        assert serve_worker_pid(home) == second, "the restarted worker must not die again"
+        rows = job_metrics(service, job["id"])
+        check_metric_rows(rows, EPOCHS, SWITCH)
+        assert {r["attempt"] for r in rows} == {1, 2}
+        logs = job_logs(service, job["id"])
+        assert any("attempt 2 started" in m for m in logs) and any("resumed from epoch-" in m for m in logs)
+        serve_log = (tmp_path / "serve.log").read_text()
+        assert "the worker exited with -9" in serve_log, (serve_log[-2000:], restarted_in)
+
+
+# --- 8: checkpoint storage fills up --------------------------------------------------------------
+
+# SPEC's checkpoints are 1.48 MB: two fit in 3.7 MB, a third does not. The small job's single
+# 0.42 MB checkpoint fits in what is left only if the failed write removed its temp file.
+STORAGE_SIZE = "3700k"
+SMALL_SPEC: dict[str, Any] = {
+    **SPEC,
+    "name": "fits-what-is-left",
+    "data": {
+        "name": "synthetic",
+        "synthetic": {"num_train": 256, "num_test": 64, "image_size": 8, "num_classes": 5},
+    },
+    "model": {"width": 4},
+    "epochs": 1,
+    "smoothing": {"method": "baseline"},
+}
+
+
+def test_full_checkpoint_storage_retries_reports_and_leaves_no_temp_file(make_stack: StackFactory) -> None:
+    stack = make_stack()
+    with small_filesystem(stack.root / "storage", STORAGE_SIZE) as storage:
+        stack.start_worker("worker", lease_seconds=FIRST_LEASE)
+        service = stack.service
+        job = service.submit(spec(name="storage-fills-up", max_attempts=2))
+        final = wait_finished(service, job["id"])
+        reason = "checkpoint storage full: [Errno 28] No space left on device writing epoch-0002.pt"
+        # Attempt 1 is re-queued (an infrastructure failure), attempt 2 meets the same full disk.
+        assert final["state"] == "failed" and final["attempt"] == 2 and final["error"] == reason, final
+        logs = job_logs(service, job["id"])
+        assert f"attempt 1 ended: queued ({reason})" in logs, logs
+        assert any(m.startswith(reason) and "retry 1 of 3" in m for m in logs), logs
+        assert any("resumed from epoch-0001" in m for m in logs), logs
+        left = sorted(str(p.relative_to(storage)) for p in storage.rglob("*") if p.is_file())
+        assert not [name for name in left if name.endswith(".tmp")], left
+        assert len(left) == 4, left  # epoch-0000 and epoch-0001, .pt and .json
+
+        small = service.submit(SMALL_SPEC)
+        done = wait_finished(service, small["id"])
+        assert done["state"] == "succeeded", done
+        listing = service.http.get(f"/jobs/{small['id']}/checkpoints").json()
+        assert [item["name"] for item in listing["items"]] == ["epoch-0000"]
+
+
+# --- 9: a corrupt newest checkpoint is marked and skipped on resume -----------------------------
+
+
+def test_corrupt_newest_checkpoint_is_marked_and_resume_falls_back(make_stack: StackFactory) -> None:
+    stack = make_stack()
+    first = stack.start_worker("first", lease_seconds=FIRST_LEASE)
+    service = stack.service
+    # Every checkpoint kept, so that the re-run of the corrupt one's epoch stays listed.
+    job = service.submit(spec(name="corrupt-newest", checkpoint={"keep_last": EPOCHS}))
+    kill_mid_epoch(stack, first, job["id"])
+    folder = stack.root / "storage" / job["id"] / "checkpoints"
+    newest = sorted(folder.glob("epoch-????.json"))[-1].with_suffix(".pt")
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    before = service.http.get(f"/jobs/{job['id']}/checkpoints").json()
+    corrupt = next(item for item in before["items"] if item["name"] == newest.stem)
+    assert before["latest_id"] == corrupt["id"]
+
+    stack.start_worker("second", lease_seconds=NEW_LEASE)
+    final = wait_finished(service, job["id"])
+    assert final["state"] == "succeeded" and final["attempt"] == 2, final
+    check_metric_rows(job_metrics(service, job["id"]), EPOCHS, SWITCH)
+    logs = job_logs(service, job["id"])
+    epoch = int(newest.stem.removeprefix("epoch-"))
+    assert any(m.startswith(f"checkpoint {newest.stem} marked corrupt, no longer offered") for m in logs), (
+        logs
+    )
+    assert any(f"resumed from epoch-{epoch - 1:04d}: continuing at epoch {epoch}" in m for m in logs), logs
+
+    # The corrupt row is never offered again: not listed, not latest, not downloadable by id. Its
+    # epoch was trained again and stored as a new row whose file verifies.
+    after = service.http.get(f"/jobs/{job['id']}/checkpoints").json()
+    assert corrupt["id"] not in {item["id"] for item in after["items"]}
+    assert after["latest_id"] != corrupt["id"] and after["best_id"] != corrupt["id"]
+    gone = service.http.get(f"/jobs/{job['id']}/checkpoints/{corrupt['id']}")
+    assert gone.status_code == 404, gone.text
+    redone = next(item for item in after["items"] if item["name"] == newest.stem)
+    assert sha256_file(newest) == redone["sha256"]
+    latest = service.http.get(f"/jobs/{job['id']}/checkpoints/latest")
+    assert latest.headers["etag"] == f'"{sha256_bytes(latest.content)}"'
+
+
+# --- 10: cancel latency at the default lease -----------------------------------------------------
+
+
+def test_cancel_stops_a_running_job_within_two_seconds_plus_a_step(make_stack: StackFactory) -> None:
+    """At the default 60 s lease (renewed every 20 s) a cancel still reaches the loop at its next
+    step: the worker reads the flag every 0.5 s."""
+    stack = make_stack(lease_seconds=60.0)
+    stack.start_worker("worker")
+    service = stack.service
+    job = service.submit(spec(name="canceled-at-default-lease", epochs=500))
+    rows = wait_for(lambda: job_metrics(service, job["id"]) or None, JOB_TIMEOUT, "the first metric row")
+    images_per_s = next(r["value"] for r in rows if r["name"] == "images_per_s")
+    step_seconds = SPEC["batch_size"] / images_per_s
+
+    requested = time.monotonic()
+    response = service.cancel(job["id"])
+    assert response.status_code == 200 and response.json()["state"] == "running", response.text
+    final = wait_for(
+        lambda: (j := service.job(job["id"]))["state"] in FINISHED and j, 30, "the cancel", interval=0.05
+    )
+    took = time.monotonic() - requested
+    assert final["state"] == "canceled" and final["attempt"] == 1, final
+    assert took < 2.0 + step_seconds, f"the cancel took {took:.2f} s (a step takes {step_seconds:.3f} s)"
+    listing = service.http.get(f"/jobs/{job['id']}/checkpoints").json()
+    assert [item["partial"] for item in listing["items"] if item["id"] == listing["latest_id"]] == [True]

@@ -13,10 +13,12 @@ import pytest
 from tsla_cli.client import TslaClient
 
 from ._support import (
+    DIVERGING_SPEC,
     MAIN_EPOCHS,
     MAIN_SPEC,
     MAIN_SWITCH,
     Service,
+    check_diverged_job,
     check_download,
     check_metric_rows,
     embedded_stack,
@@ -65,3 +67,11 @@ def test_embedded_main_flow(embedded: Service, tmp_path: Path) -> None:
 
     logs: list[dict[str, Any]] = embedded.http.get(f"/jobs/{job['id']}/logs").json()["items"]
     assert any("ended: succeeded" in line["message"] for line in logs)
+
+
+def test_a_diverging_job_fails_with_the_reason_and_valid_json(embedded: Service) -> None:
+    """NaN on SQLite: the job fails with the divergence reason (no SQL in it), and its metrics page
+    and event stream carry `value: null, nonfinite` instead of a bare NaN."""
+    job = embedded.submit(DIVERGING_SPEC)
+    diverged = check_diverged_job(embedded, job["id"])
+    assert "SQL" not in (embedded.job(job["id"])["error"] or ""), diverged

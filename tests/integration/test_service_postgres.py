@@ -14,9 +14,11 @@ import pytest
 from tsla_cli.client import TslaClient
 
 from ._support import (
+    DIVERGING_SPEC,
     MAIN_EPOCHS,
     MAIN_SWITCH,
     Service,
+    check_diverged_job,
     check_download,
     check_metric_rows,
     sha256_bytes,
@@ -154,7 +156,8 @@ def test_bad_specs_are_refused_without_a_job(
 
 def test_unfinished_teacher_is_refused(pg_stack: Service) -> None:
     # The worker is busy or about to be: this job is queued or running, never finished yet.
-    pending = pg_stack.submit({"preset": "digits", "epochs": 8, "name": "pending-teacher"})
+    # On the CPU and long: whatever the worker does meanwhile, it cannot have finished.
+    pending = pg_stack.submit({"preset": "digits", "epochs": 50, "name": "pending-teacher", "device": "cpu"})
     try:
         spec = {
             "preset": "digits",
@@ -205,24 +208,22 @@ def _queue_drained(service: Service) -> bool:
     return waiting == 0 and broker.hlen("unacked") == 0
 
 
+def first_metric_row(service: Service, job_id: str) -> dict[str, Any] | None:
+    rows = service.http.get(f"/jobs/{job_id}/metrics", params={"limit": 1}).json()["items"]
+    return rows[0] if rows else None
+
+
 def test_cancel_queued_running_and_finished(pg_stack: Service, succeeded_job: dict[str, Any]) -> None:
-    # A long job occupies the single worker; the job behind it is queued and canceled at once.
-    long = pg_stack.submit({"preset": "digits", "epochs": 30, "name": "long"})
+    # A long job on the CPU occupies the single worker; the job behind it is queued and canceled
+    # at once.
+    long = pg_stack.submit({"preset": "digits", "epochs": 30, "name": "long", "device": "cpu"})
     queued = pg_stack.submit({"preset": "digits", "epochs": 8, "name": "never-runs"})
     response = pg_stack.cancel(queued["id"])
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "canceled" and response.json()["cancel_requested"]
 
-    # The long job gets mid-run (an epoch done), then is canceled between steps.
-    running = pg_stack.wait_job(
-        long["id"],
-        timeout=240,
-        until=lambda j: (
-            j["state"] in ("running", "succeeded", "failed", "canceled")
-            and (j["epochs_done"] >= 1 or j["state"] != "running")
-        ),
-    )
-    assert running["state"] == "running", running
+    # Once its first metric rows are in (so a complete checkpoint exists), it is canceled mid-run.
+    wait_for(lambda: first_metric_row(pg_stack, long["id"]), 240, "the long job's first metric row")
     response = pg_stack.cancel(long["id"])
     assert response.status_code == 200, response.text
     assert response.json()["cancel_requested"] and response.json()["state"] in ("running", "canceled")
@@ -258,10 +259,22 @@ def test_cancel_queued_running_and_finished(pg_stack: Service, succeeded_job: di
         assert pg_stack.job(job_id)["state"] == state
 
 
+def canceled_jobs(service: Service, count: int) -> list[str]:
+    """`count` jobs of this test's own, canceled (queued ones at once, a running one at its next step)."""
+    spec = {"preset": "digits", "epochs": 20, "device": "cpu"}  # cannot finish before its cancel
+    ids = [service.submit({**spec, "name": f"canceled-{n}"})["id"] for n in range(count)]
+    for job_id in ids:
+        assert service.cancel(job_id).status_code == 200
+    for job_id in ids:
+        assert service.wait_job(job_id, timeout=90)["state"] == "canceled"
+    return ids
+
+
 def test_listing_logs_and_meta(pg_stack: Service, succeeded_job: dict[str, Any]) -> None:
     http = pg_stack.http
+    mine = canceled_jobs(pg_stack, 2)
     everything = pg_stack.all_jobs()
-    assert len(everything) >= 2
+    assert len(everything) >= 3
     created = [datetime.fromisoformat(job["created_at"]) for job in everything]
     assert created == sorted(created, reverse=True), "GET /jobs is newest first"
 
@@ -283,7 +296,7 @@ def test_listing_logs_and_meta(pg_stack: Service, succeeded_job: dict[str, Any])
     assert succeeded_job["id"] in {job["id"] for job in succeeded}
     assert all(job["state"] == "succeeded" for job in succeeded)
     canceled_ids = [job["id"] for job in everything if job["state"] == "canceled"]
-    assert len(canceled_ids) >= 2
+    assert set(mine) <= set(canceled_ids)
     paged, cursor = [], None
     for _ in range(len(canceled_ids) + 2):
         params = {"limit": 1, "state": "canceled"} | ({"cursor": cursor} if cursor else {})
@@ -303,7 +316,10 @@ def test_listing_logs_and_meta(pg_stack: Service, succeeded_job: dict[str, Any])
     assert messages and any("attempt 1 started" in m for m in messages), messages
     assert any("ended: succeeded" in m for m in messages), messages
 
-    # What the server offers, and its documentation.
+
+def test_presets_datasets_and_docs(pg_stack: Service) -> None:
+    """What the server offers, and its documentation."""
+    http = pg_stack.http
     presets = http.get("/presets").json()
     assert "digits" in presets and presets["digits"]["data"]["name"] == "digits"
     datasets = {d["name"]: d for d in http.get("/datasets").json()}
@@ -317,3 +333,9 @@ def test_listing_logs_and_meta(pg_stack: Service, succeeded_job: dict[str, Any])
     for path in ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/metrics", "/jobs/{job_id}/checkpoints/{ref}"):
         assert path in paths, sorted(paths)
     assert http.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_diverging_job_fails_with_the_reason_and_valid_json(pg_stack: Service) -> None:
+    """NaN on PostgreSQL: stored as NULL + `nonfinite`, never a bare NaN in a page or an event."""
+    job = pg_stack.submit(DIVERGING_SPEC)
+    check_diverged_job(pg_stack, job["id"])

@@ -8,13 +8,14 @@ import fsspec
 from sqlalchemy import select
 
 from tests.conftest import tiny_raw_spec
+from tsla_cli.stack import wait_for
 from tsla_service import jobs
 from tsla_service.db import session_scope
 from tsla_service.migrate import upgrade_to_head
 from tsla_service.models import Checkpoint, Job, LogLine, Metric
 from tsla_service.settings import Settings
 from tsla_spec.spec import build_spec
-from worker.runner import run_job
+from worker.runner import CANCEL_POLL_SECONDS, run_job
 
 
 def make_settings(tmp_path: Path, storage_url: str | None = None) -> Settings:
@@ -23,11 +24,11 @@ def make_settings(tmp_path: Path, storage_url: str | None = None) -> Settings:
     return settings
 
 
-def add_job(settings: Settings, **spec_overrides: object) -> str:
-    spec = build_spec(tiny_raw_spec(epochs=3, **spec_overrides))
+def add_job(settings: Settings, epochs: int = 3, max_attempts: int = 3, **spec_overrides: object) -> str:
+    spec = build_spec(tiny_raw_spec(epochs=epochs, **spec_overrides))
     with session_scope(settings.resolved_database_url) as session:
         job = Job(name="t", state="queued", spec=spec.model_dump(mode="json"), method="tsla",
-                  dataset="synthetic", epochs=3)  # fmt: skip
+                  dataset="synthetic", epochs=epochs, max_attempts=max_attempts)  # fmt: skip
         session.add(job)
         session.flush()
         return job.id
@@ -78,25 +79,33 @@ def test_a_job_with_a_missing_dataset_fails_with_the_reason(tmp_path: Path) -> N
         assert job.error.startswith("DatasetError") and "cifar-10-batches-py" in job.error
 
 
-def test_a_cancel_flag_stops_training_with_a_partial_checkpoint(tmp_path: Path) -> None:
+def test_a_cancel_stops_training_within_a_poll_at_the_default_lease(tmp_path: Path) -> None:
+    """The cancel flag is read every CANCEL_POLL_SECONDS, not only at lease renewals (every 20 s at
+    the default lease): the job stops within that plus one step, with a partial checkpoint."""
     settings = make_settings(tmp_path)
-    settings.lease_seconds = 0.3  # the heartbeat reads the flag every 0.1 s
-    job_id = add_job(settings)
-    with session_scope(settings.resolved_database_url) as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        job.spec = build_spec(tiny_raw_spec(epochs=200)).model_dump(mode="json")
-        job.epochs = 200
+    settings.lease_seconds = 60.0
+    job_id = add_job(settings, epochs=200)
+    stopped: dict[str, float] = {}
 
-    def cancel_soon() -> None:
-        time.sleep(1.0)
+    def cancel_once_training() -> None:
+        def first_row() -> bool:
+            with session_scope(settings.resolved_database_url) as session:
+                return session.scalar(select(Metric.seq).where(Metric.job_id == job_id).limit(1)) is not None
+
+        wait_for(first_row, 120, "the first metric row")
         with session_scope(settings.resolved_database_url) as session:
             jobs.request_cancel(session, job_id)
+        stopped["requested"] = time.monotonic()
 
-    threading.Thread(target=cancel_soon).start()
+    canceller = threading.Thread(target=cancel_once_training)
+    canceller.start()
     assert run_job(job_id, settings) == "canceled"
+    took = time.monotonic() - stopped["requested"]
+    canceller.join()
     with session_scope(settings.resolved_database_url) as session:
         job = session.get(Job, job_id)
         assert job is not None and job.state == "canceled" and job.epochs_done < 200
         partial = session.scalars(select(Checkpoint).where(Checkpoint.partial.is_(True))).all()
         assert len(partial) == 1
+    # A tiny spec's step takes milliseconds: what remains is the poll interval and the checkpoint.
+    assert took < CANCEL_POLL_SECONDS + 1.5, f"the cancel took {took:.2f} s to stop the job"

@@ -1,4 +1,5 @@
-"""The reaper: a thread that re-queues jobs whose worker was lost.
+"""The reaper: a thread that re-queues jobs whose worker was lost. It runs in every worker and in
+every API process, so jobs are recovered even while no worker runs.
 
 Every `lease_seconds / 2` it moves running jobs with an expired lease back to `queued` (or to
 `failed` when their attempts are spent) and sends the ids of queued jobs that are not on the
