@@ -14,7 +14,7 @@ class MetricRow:
     """One value of one epoch: `split/name` (e.g. test/top1), with the stage it was trained in."""
 
     epoch: int  # 0-based
-    split: Literal["train", "test"]
+    split: Literal["train", "val", "test"]
     name: str
     value: float
     stage: Stage

@@ -21,6 +21,16 @@ TRAIN_LR = "train/lr"
 TRAIN_IMAGES_PER_S = "train/images_per_s"
 TRAIN_GRAD_VAR = "train/grad_var"
 TRAIN_EPOCH_TIME = "train/epoch_time"
+# Plain one-hot cross-entropy on the training batches: unlike train/loss (the loss trained on,
+# smoothed in the first stage) it is comparable across the switch and across methods.
+TRAIN_CE = "train/ce"
+# Squared norm of the mean (full-batch) gradient on probe steps, for a noise-to-signal ratio.
+TRAIN_GRAD_NORM_SQ = "train/grad_norm_sq"
+# Held out from the training data: what selection (best checkpoint, teachers) looks at.
+VAL_LOSS = "val/loss"
+VAL_TOP1 = "val/top1"
+VAL_TOP5 = "val/top5"
+# The test split: for the final report only.
 TEST_LOSS = "test/loss"
 TEST_TOP1 = "test/top1"
 TEST_TOP5 = "test/top5"
