@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from tsla_service.db import session_factory
-from tsla_service.models import ApiToken, Job
+from tsla_service.models import ApiToken, Experiment, Job
 from tsla_service.settings import Settings
 from tsla_service.tokens import authenticate
 
@@ -77,6 +77,19 @@ def owned_job(job_id: Annotated[str, Path(max_length=64)], session: SessionDep, 
 
 
 OwnedJob = Annotated[Job, Depends(owned_job)]
+
+
+def owned_experiment(
+    experiment_id: Annotated[str, Path(max_length=64)], session: SessionDep, token: CurrentToken
+) -> Experiment:
+    """The experiment, if it exists and belongs to the caller's token; another owner's is a 404."""
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None or experiment.owner != token.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
+    return experiment
+
+
+OwnedExperiment = Annotated[Experiment, Depends(owned_experiment)]
 
 
 @dataclass(frozen=True)

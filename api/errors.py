@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
+from tsla_service.experiments import ExperimentConflict
 from tsla_service.submit import ActiveJobLimit, IdempotencyConflict
 from tsla_spec.spec import SpecError
 
@@ -43,7 +44,12 @@ def domain_error(status_code: int) -> Callable[[Request, Exception], Awaitable[J
 
 
 # The service's domain errors and the HTTP status each one means.
-DOMAIN_ERRORS: dict[type[Exception], int] = {SpecError: 422, IdempotencyConflict: 409, ActiveJobLimit: 429}
+DOMAIN_ERRORS: dict[type[Exception], int] = {
+    SpecError: 422,
+    IdempotencyConflict: 409,
+    ActiveJobLimit: 429,
+    ExperimentConflict: 409,
+}
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:

@@ -12,7 +12,7 @@ from api.deps import reject_unknown_query
 from api.feeds import FeedRegistry
 from api.limits import RequestGuard
 from api.observability import MeasureLatency, Observability
-from api.routes import checkpoints, events, jobs, meta, metrics
+from api.routes import checkpoints, events, experiment_results, experiments, jobs, meta, metrics
 from api.security import SecurityHeaders
 from tsla_service.permissions import owner_only_files
 from tsla_service.queue import make_celery
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MeasureLatency, observability=app.state.observability)
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     errors.install(app)
-    for module in (jobs, metrics, checkpoints, events, meta):
+    for module in (jobs, metrics, checkpoints, events, meta, experiments, experiment_results):
         app.include_router(module.router)
     dashboard.install(app)
     app.add_middleware(SecurityHeaders)

@@ -30,10 +30,10 @@ the core computes them). What differs is only how the batches are made and the l
 The preset's schedule is written for its own epoch count (20 for Fashion-MNIST). For a short run
 the lr milestones and the TSLA switch epoch are scaled by epochs / preset epochs (floored, kept
 inside 1..epochs-1); with --epochs 1 there is no room for a second stage and the method is `lsr`.
-The gradient-variance probe of the core (an extra backward pass every 20 steps) is switched off
+The gradient-variance probe of the core (an extra backward pass on 4 steps an epoch) is switched off
 unless --grad-variance is given, because the naive loop does no such work.
 
---limit-train N: the core has no option to train on a subset, so the script writes the first N
+--limit-train N: the script writes the first N
 Fashion-MNIST training images (and links the full test set) as IDX files into a temporary data
 root, `<root>/fashion-mnist/`, which the core reads in preference to the Debian copy. The naive
 loop reads the same folder, so every variant trains on exactly those N images and normalises with
@@ -192,6 +192,8 @@ def make_spec(config: Config, variant: Variant) -> RunSpec:
         "precision": variant.precision,
         "channels_last": variant.channels_last,
         "grad_variance": {"enabled": config.grad_variance},
+        # All the training images, as the naive loop uses: no validation split held out here.
+        "data": {"val_fraction": 0},
         **schedule_overrides(config.dataset, config.epochs),
     }
     return build_spec(raw)

@@ -1,6 +1,6 @@
 """Service-level benchmarks against real processes, measured side by side in one run.
 
-    .venv/bin/python bench/service.py [--only a,b,c,d] [--quick] [--runs N] [--requests N] [--pairs N]
+    .venv/bin/python bench/service.py [--only a,b,c,d,e,f,g] [--quick] [--runs N] [--requests N] [--pairs N]
                                       [--streams N] [--redis-db N]
 
 Everything runs against processes this script starts and stops itself, with the command lines of
@@ -14,6 +14,11 @@ Everything runs against processes this script starts and stops itself, with the 
                   on a free port; TSLA_HOME and the checkpoints in a temporary folder.
   embedded stack  `python -m tsla_cli serve --home <tmp> --port <free>` (stack.serve_command: SQLite +
                   the filesystem broker + its own worker process), only for (a).
+  bare app        for (e): a one-route FastAPI module written to `<tmp>/bare/bare.py`, under uvicorn
+                  with api_command's options (api_command takes no app, so the line is built as
+                  `[sys.executable, "-m", "uvicorn", "bare:app", "--host", .., "--port", ..,
+                  "--log-level", "warning"]`, cwd `<tmp>/bare`; it fails if api_command's options
+                  drift from it), started and stopped the same way.
 
 Every process runs in its own session (stack.start_process) and its process group is killed at the
 end (stack.stop_process), also on errors, Ctrl-C and SIGTERM. The API wants a bearer token: the
@@ -83,17 +88,62 @@ the summary.
     Then the job is canceled and every stream must end with `end`. Reported: p50 / p99 (nearest
     rank) per endpoint and phase.
 
+(e) metrics page throughput vs a bare FastAPI route (goal: metrics/bare >= 0.5).
+    A `succeeded` job row with 10,000 metric rows, inserted as in (b), VACUUM (ANALYZE). Two servers:
+    the API's GET /jobs/{id}/metrics?after=<middle>&limit=100 (authenticated, the cursor at the
+    middle row), and the bare app: one sync `@app.get` route (like the API's routes, it runs in
+    the thread pool) that returns that same page as data, parsed once at start, and lets FastAPI
+    serialise it, as a JSON route in FastAPI's own tutorial does: no auth, no database, no
+    middleware, no validation. (Returning the captured bytes instead would measure a static file
+    server: about 4.5 times faster again here.) Both
+    on the bench's one httpx client, requests one after another on its keep-alive connection to
+    each host (the bare app also gets the Authorization header and ignores it): 100 warm-up
+    requests each (--quick 50), then 4 rounds of 500 each (--quick 200), each round timing both,
+    the order alternating (metrics first, then bare first) to spread the machine's noise. A
+    round with a failed request is noted and repeated. Reported: requests/s per round with the
+    1-min load average after it, both bodies' bytes, and the ratio metrics/bare as the median of
+    the rounds' ratios. The client shares the CPUs with both servers: this is what one
+    connection gets, not the servers' capacity.
+
+(f) GET /jobs with 10,000 jobs (our goals: a page of 50 <= 100 ms median, <= 100 KB).
+    10,000 `succeeded` job rows of the bench's token inserted by one INSERT ... SELECT FROM
+    generate_series (a minute apart, each with the digits preset's full spec, as a job submitted
+    with `{"preset": "digits"}` stores it), then VACUUM (ANALYZE). Pages of GET /jobs?limit=50:
+    the first, the middle one (cursor: the id of the job in the middle, newest first), the last
+    (exactly 50 jobs left, so next_cursor is null) and the first of ?state=succeeded. Each page
+    is checked once (50 jobs, next_cursor), then after 5 warm-up rounds N rounds (--requests,
+    default 50, --quick 30) request the four in turn. Reported per page: median and p90 (nearest
+    rank) in ms, bytes, bytes per job. Other sections' jobs count too (the table says how many).
+
+(g) experiment reads, 1k vs 1M metric rows per job (goal: large/small <= 1.5).
+    Two experiments of the bench's token, 6 succeeded cells each (baseline, lsr, tsla x 2 seeds;
+    objective val/top1, max), inserted directly: the experiment row, the job rows (cell, role,
+    position, provenance) and per job one INSERT ... SELECT FROM generate_series of 1,000,000 (the
+    large one) or 1,000 (the small one) metric rows, 10 per epoch (the 9 of (b) and val/top1;
+    top-1 rises and levels off with noise, as a real curve does, the rest is random()). Each job's
+    metric summaries and records are then built from its rows by `Summary.of` (what
+    record_metrics rebuilds a summary with; tsla_service/summaries.py), then VACUUM (ANALYZE).
+    Each read is checked once (3 groups of 2 succeeded jobs; 100 points per curve), then timed
+    on one keep-alive connection, 5 warm-up requests then N (--requests) alternating small and
+    large: GET /experiments/{id}?target=0.9&early_epochs=3 (the experiment, its jobs and the
+    table), GET .../curves?name=test/top1&points=100 (the small jobs' 100 epochs, so both return
+    the same points), and GET .../table.csv?target=0.9. Reported: medians and p90s in ms, the
+    ratio large/small of the medians (the headline is the worst), and the most top-1 records
+    (new running maxima) of a job, which "epochs to target" probes by value. Inserting the 6M
+    rows and summarizing them takes about two minutes.
+
 How to read the output: progress lines go to stderr; each section prints its table to stdout when it
 finishes, and the summary at the end puts the headline numbers next to their goals. Everything,
 including each sample, also goes to bench/results/service.json (written on failure too, with what
-was measured). Runtime on 2 quiet cores: --quick about 2 minutes, the default about 5; on a busy
-machine two or three times that.
+was measured). Runtime on 2 quiet cores: --quick about 2 minutes, the default about 5 (each of (e)
+and (f) adds under a minute); on a busy machine two or three times that.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -135,7 +185,7 @@ RESULTS_PATH = REPO_ROOT / "bench" / "results" / "service.json"
 PG_SERVER = "postgres@127.0.0.1:5432"
 PG_ADMIN = f"postgresql://{PG_SERVER}/test"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-SECTIONS = ("a", "b", "c", "d")
+SECTIONS = ("a", "b", "c", "d", "e", "f", "g")
 API_RETRY_S = 60.0  # how long an untimed API call waits out 5xx and connection errors
 STOP_GRACE_S = 10.0  # SIGTERM to SIGKILL (a solo worker in the middle of a task would finish it first)
 
@@ -173,6 +223,50 @@ STREAM_JOB: dict[str, Any] = {
 }
 STREAMS_OPEN_TIMEOUT_S = 120.0
 STREAM_LATENCY_GOAL_MS = 100.0
+
+BARE_ROWS = 10_000  # metric rows of (e)'s job
+BARE_ROUNDS = 4  # (e) rounds, each timing both servers, in alternating order
+BARE_REQUESTS, BARE_REQUESTS_QUICK = 2_000, 800  # (e) timed requests per server, all rounds together
+BARE_WARMUP, BARE_WARMUP_QUICK = 100, 50  # (e) untimed requests per server first
+BARE_RATIO_GOAL = 0.5
+# A bare FastAPI JSON route as FastAPI's tutorial writes one: it returns the page as data and
+# FastAPI serialises it; no auth, no database, no validation. (Returning pre-encoded bytes would be
+# a static file server, not a JSON route: about 4x faster again on this machine.)
+BARE_APP = '''"""(e)'s baseline, written by bench/service.py: a fixed JSON page, no auth, no database."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+PAGE = json.loads((Path(__file__).parent / "bare-body.json").read_bytes())
+app = FastAPI()
+
+
+@app.get("/page")
+def page() -> dict[str, Any]:
+    return PAGE
+'''
+
+LIST_JOBS = 10_000  # job rows of (f)
+LIST_PAGE = 50
+LIST_GOAL_MS = 100.0  # median per page of 50
+LIST_GOAL_BYTES = 100_000  # per page of 50 (100 KB, KB = 1000 bytes)
+
+EXPERIMENT_METHODS = ("baseline", "lsr", "tsla")  # (g) groups, 2 seeds each
+EXPERIMENT_JOBS = 2 * len(EXPERIMENT_METHODS)
+EXPERIMENT_METRICS = (*EPOCH_METRICS, ("val", "top1"))  # (g) rows of one epoch
+EXPERIMENT_POINTS = SMALL_ROWS // len(EXPERIMENT_METRICS)  # the small jobs' epochs: 100
+EXPERIMENT_READS: dict[str, tuple[str, dict[str, Any]]] = {  # (g) case: (path after the id, query)
+    "experiment ?target=0.9&early_epochs=3": ("", {"target": 0.9, "early_epochs": 3}),
+    f"curves ?name=test/top1&points={EXPERIMENT_POINTS}": (
+        "/curves",
+        {"name": "test/top1", "points": EXPERIMENT_POINTS},
+    ),
+    "table.csv ?target=0.9": ("/table.csv", {"target": 0.9}),
+}
+EXPERIMENT_RATIO_GOAL = 1.5
 
 
 # --- small helpers ----------------------------------------------------------------------------
@@ -213,10 +307,16 @@ class Proc:
     `stack` (SIGTERM, SIGKILL after `STOP_GRACE_S`); its name and log are for error messages."""
 
     def __init__(
-        self, stack: ExitStack, name: str, command: Sequence[str], env: Mapping[str, str], log_path: Path
+        self,
+        stack: ExitStack,
+        name: str,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        cwd: Path = REPO_ROOT,
     ) -> None:
         self.name, self.log_path = name, log_path
-        self.popen = start_process(command, env, log_path, cwd=REPO_ROOT)
+        self.popen = start_process(command, env, log_path, cwd=cwd)
         stack.callback(stop_process, self.popen, grace=STOP_GRACE_S)
 
     def check(self) -> None:
@@ -998,11 +1098,14 @@ def full_page(service: Service, job_id: str) -> bool:
 
 
 def measure_event_streams(service: Service, streams: int, quick: bool, tmp: Path) -> dict[str, Any]:
+    from sqlalchemy.pool import QueuePool
+
     from tsla_service.db import get_engine
 
     assert service.conninfo is not None
     requests = 200 if quick else 500
     pool = get_engine(service.conninfo.replace("postgresql://", "postgresql+psycopg://", 1)).pool
+    assert isinstance(pool, QueuePool)  # get_engine's PostgreSQL engines
     job = service.api.submit({"name": "bench-streams", **STREAM_JOB})
     log(f"(d) waiting for the job's first {PAGE} metric rows, so that every metrics page is full")
     wait_for(lambda: full_page(service, job["id"]), 600, "the job's first metric rows", interval=1.0)
@@ -1047,6 +1150,466 @@ def print_event_streams(result: dict[str, Any]) -> None:
         f"API PostgreSQL connections: max {result['max_api_connections']} (pool limit "
         f"{result['pool_limit']}); streams ended with `end`: {result['ended']}/{streams}; metric rows "
         f"per stream {result['metrics_per_stream'][0]}..{result['metrics_per_stream'][-1]}"
+    )
+
+
+# --- (e) metrics page vs a bare FastAPI route ----------------------------------------------------
+
+
+def bare_command(port: int) -> list[str]:
+    """`stack.api_command`'s uvicorn line with `bare:app` in place of `api.main:create_app --factory`
+    (api_command takes no app); RuntimeError if their options ever drift apart."""
+    host = "127.0.0.1"
+    command = [
+        sys.executable, "-m", "uvicorn", "bare:app",
+        "--host", host, "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    real = [arg for arg in api_command(host, port) if arg not in ("api.main:create_app", "--factory")]
+    if real != [arg for arg in command if arg != "bare:app"]:
+        raise RuntimeError(
+            f"(e) the bare app's command {command} no longer matches {api_command(host, port)}"
+        )
+    return command
+
+
+def bare_answers(proc: Proc, url: str) -> bool:
+    proc.check()
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_bare_app(stack: ExitStack, tmp: Path, body: bytes) -> str:
+    """The bare app under uvicorn, cwd `<tmp>/bare` (bare.py and its body); returns its page's URL."""
+    folder = tmp / "bare"
+    folder.mkdir()
+    (folder / "bare.py").write_text(BARE_APP)
+    (folder / "bare-body.json").write_bytes(body)
+    port = free_port()
+    proc = Proc(stack, "bare uvicorn", bare_command(port), service_env(), tmp / "bare.log", cwd=folder)
+    url = f"http://127.0.0.1:{port}/page"
+    wait_for(lambda: bare_answers(proc, url), 60, "the bare app", interval=0.2)
+    log(f"(e) bare app up on :{port}")
+    return url
+
+
+def seed_bare_job(service: Service) -> tuple[str, int]:
+    """(e)'s succeeded job with BARE_ROWS metric rows, vacuumed; returns its id and a middle cursor."""
+    assert service.conninfo is not None and service.token_id is not None
+    conninfo, owner = service.conninfo, service.token_id
+    job_id = with_pg_retries(lambda: insert_job_with_metrics(conninfo, owner, BARE_ROWS), "inserting")
+    with_pg_retries(lambda: vacuum_analyze(conninfo), "vacuuming")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        after = cursor_for(conn, job_id, PageCase("middle", None))
+    return job_id, after
+
+
+def requests_per_s(http: httpx.Client, url: str, count: int) -> tuple[float, int]:
+    """`count` GETs of `url`, one after another on the client's keep-alive connection to its host:
+    requests/s and how many failed (not 200, or a transport error)."""
+    failed = 0
+    started = time.perf_counter()
+    for _ in range(count):
+        try:
+            failed += http.get(url).status_code != 200
+        except httpx.TransportError:
+            failed += 1
+    return count / (time.perf_counter() - started), failed
+
+
+def bare_round(api: Api, urls: Mapping[str, str], order: Sequence[str], count: int) -> dict[str, float]:
+    """requests/s of each server in `order`; a round with a failed request is noted and repeated."""
+    for _attempt in range(3):
+        found = {name: requests_per_s(api.http, urls[name], count) for name in order}
+        failed = {name: errors for name, (_rate, errors) in found.items() if errors}
+        if not failed:
+            return {name: rate for name, (rate, _errors) in found.items()}
+        api.note_error(f"(e) failed requests {failed}; repeating the round")
+    raise RuntimeError("(e) three rounds in a row had failed requests")
+
+
+def untimed_get(api: Api, url: str) -> httpx.Response:
+    """GET `url` (relative: the API) on the bench's client, retried like every untimed call."""
+
+    def get() -> httpx.Response:
+        response = api.http.get(url)
+        raise_for_status(response)
+        return response
+
+    return api.call(f"GET {url}", get)
+
+
+def body_sizes(api: Api, urls: Mapping[str, str]) -> dict[str, int]:
+    """One untimed GET each: the bodies' sizes in bytes; both must hold PAGE metric rows."""
+    sizes = {}
+    for name, url in urls.items():
+        response = untimed_get(api, url)
+        if len(response.json()["items"]) != PAGE:
+            raise RuntimeError(f"(e) {url}: not {PAGE} rows: {response.text[:300]}")
+        sizes[name] = len(response.content)
+    return sizes
+
+
+def measure_vs_bare(stack: ExitStack, tmp: Path, service: Service, quick: bool) -> dict[str, Any]:
+    job_id, after = seed_bare_job(service)
+    path = f"/jobs/{job_id}/metrics?after={after}&limit={PAGE}"
+    body = untimed_get(service.api, path).content
+    urls = {"metrics": path, "bare": start_bare_app(stack, tmp, body)}
+    sizes = body_sizes(service.api, urls)
+    total = BARE_REQUESTS_QUICK if quick else BARE_REQUESTS
+    warmup = BARE_WARMUP_QUICK if quick else BARE_WARMUP
+    bare_round(service.api, urls, tuple(urls), warmup)
+    rounds: list[dict[str, Any]] = []
+    for index in range(BARE_ROUNDS):
+        order = tuple(urls) if index % 2 == 0 else tuple(reversed(urls))
+        rates = bare_round(service.api, urls, order, total // BARE_ROUNDS)
+        ratio = rates["metrics"] / rates["bare"]
+        rounds.append({"order": order, **rates, "ratio": ratio, "loadavg_1min": os.getloadavg()[0]})
+        log(f"(e) round {index + 1}/{BARE_ROUNDS}: {rates['metrics']:.0f} vs {rates['bare']:.0f} requests/s")
+    return {
+        "rows": BARE_ROWS,
+        "after": after,
+        "requests": total,
+        "warmup": warmup,
+        "bytes": sizes,
+        "rounds": rounds,
+        "median_rps": {name: statistics.median(r[name] for r in rounds) for name in urls},
+        "ratio": statistics.median(r["ratio"] for r in rounds),
+    }
+
+
+def print_vs_bare(result: dict[str, Any]) -> None:
+    per_round = result["requests"] // len(result["rounds"])
+    print(
+        f"\n(e) requests/s, GET /jobs/{{id}}/metrics?after=<middle>&limit={PAGE} ({result['rows']:,} rows) "
+        f"vs a bare FastAPI route with the same body: {len(result['rounds'])} rounds of {per_round} "
+        f"each, one keep-alive connection, after {result['warmup']} warm-up (goal: metrics/bare "
+        f">= {BARE_RATIO_GOAL})"
+    )
+    print(f"{'round':6} {'order':16} {'metrics/s':>10} {'bare/s':>10} {'ratio':>8} {'load':>6}")
+    for index, row in enumerate(result["rounds"], 1):
+        print(
+            f"{index:<6} {', '.join(row['order']):16} {row['metrics']:10.0f} {row['bare']:10.0f} "
+            f"{row['ratio']:8.3f} {row['loadavg_1min']:6.1f}"
+        )
+    median, sizes = result["median_rps"], result["bytes"]
+    print(
+        f"median of rounds: metrics {median['metrics']:.0f}, bare {median['bare']:.0f} requests/s; "
+        f"ratio metrics/bare {result['ratio']:.3f}; body bytes metrics {sizes['metrics']:,}, "
+        f"bare {sizes['bare']:,}"
+    )
+
+
+# --- (f) GET /jobs at 10k jobs -----------------------------------------------------------------
+
+
+def insert_jobs(conninfo: str, owner: str, count: int) -> None:
+    """`count` succeeded jobs of `owner`, a minute apart (newest a minute ago), each with a digits
+    preset's full spec, by one INSERT ... SELECT."""
+    from tsla_spec.spec import build_spec
+
+    spec = build_spec({"preset": "digits"})
+    with psycopg.connect(conninfo) as conn:  # commits on leaving the block
+        conn.execute(
+            """
+            INSERT INTO jobs (id, name, owner, state, spec, method, dataset, epochs, epochs_done,
+                              best_top1, attempt, max_attempts, enqueued_at, created_at, updated_at,
+                              started_at, finished_at)
+            SELECT md5(%(prefix)s || g), 'bench-list-' || g, %(owner)s, 'succeeded', %(spec)s::json,
+                   'tsla', 'digits', %(epochs)s, %(epochs)s, 0.9 + 0.09 * random(), 1, 3, t, t,
+                   t + interval '50 seconds', t + interval '1 second', t + interval '50 seconds'
+            FROM generate_series(1, %(count)s) AS g
+            CROSS JOIN LATERAL (SELECT now() - g * interval '1 minute') AS created(t)
+            """,
+            {
+                "prefix": secrets.token_hex(8),
+                "owner": owner,
+                "spec": spec.model_dump_json(),
+                "epochs": spec.epochs,
+                "count": count,
+            },
+        )
+
+
+def list_cases(conninfo: str, owner: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """The owner's job count and the query of each page: first, middle (the cursor is the id of
+    the job in the middle), last (exactly LIST_PAGE jobs left), first with ?state=succeeded."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT id FROM jobs WHERE owner = %s ORDER BY created_at DESC, id DESC", (owner,)
+        ).fetchall()
+    ids = [str(row[0]) for row in rows]
+    return len(ids), {
+        "first": {"limit": LIST_PAGE},
+        "middle": {"limit": LIST_PAGE, "cursor": ids[len(ids) // 2]},
+        "last": {"limit": LIST_PAGE, "cursor": ids[len(ids) - LIST_PAGE - 1]},
+        "state=succeeded": {"limit": LIST_PAGE, "state": "succeeded"},
+    }
+
+
+def timed_list(api: Api, params: Mapping[str, Any]) -> tuple[float, httpx.Response]:
+    """Seconds for one GET /jobs page; a failed request is noted and repeated, never timed."""
+
+    def timed_get() -> tuple[float, httpx.Response]:
+        started = time.perf_counter()
+        response = api.http.get("/jobs", params=dict(params))
+        elapsed = time.perf_counter() - started
+        raise_for_status(response)
+        return elapsed, response
+
+    return api.call(f"GET /jobs {dict(params)}", timed_get)
+
+
+def check_list_page(case: str, response: httpx.Response) -> None:
+    page = response.json()
+    at_end = case == "last"
+    if len(page["items"]) != LIST_PAGE or (page["next_cursor"] is None) != at_end:
+        raise RuntimeError(f"(f) {case}: {len(page['items'])} jobs, next_cursor {page['next_cursor']!r}")
+
+
+def measure_jobs_list(service: Service, requests: int) -> dict[str, Any]:
+    assert service.conninfo is not None and service.token_id is not None
+    conninfo, owner = service.conninfo, service.token_id
+    started = time.perf_counter()
+    with_pg_retries(lambda: insert_jobs(conninfo, owner, LIST_JOBS), "inserting jobs")
+    with_pg_retries(lambda: vacuum_analyze(conninfo), "vacuuming")
+    log(f"(f) inserted {LIST_JOBS:,} jobs and vacuumed in {time.perf_counter() - started:.1f} s")
+    total, cases = list_cases(conninfo, owner)
+    times: dict[str, list[float]] = {case: [] for case in cases}
+    sizes: dict[str, int] = {}
+    for index in range(PAGE_WARMUP + requests):  # round robin over the cases
+        for case, params in cases.items():
+            elapsed, response = timed_list(service.api, params)
+            if index >= PAGE_WARMUP:
+                times[case].append(elapsed * 1000)
+            elif index == 0:
+                check_list_page(case, response)
+                sizes[case] = len(response.content)
+    return {
+        "jobs": total,
+        "requests": requests,
+        "cases": [
+            {"case": case, "params": cases[case], "bytes": sizes[case], **summarize(values)}
+            for case, values in times.items()
+        ],
+    }
+
+
+def print_jobs_list(result: dict[str, Any]) -> None:
+    print(
+        f"\n(f) GET /jobs?limit={LIST_PAGE} with {result['jobs']:,} jobs of the token, median of "
+        f"{result['requests']} requests per page (our goals: median <= {LIST_GOAL_MS:g} ms, "
+        f"<= {LIST_GOAL_BYTES // 1000} KB per page)"
+    )
+    print(f"{'page':16} {'median ms':>10} {'p90 ms':>10} {'bytes':>10} {'bytes/job':>10}")
+    for case in result["cases"]:
+        print(
+            f"{case['case']:16} {case['median']:10.2f} {case['p90']:10.2f} {case['bytes']:10,} "
+            f"{case['bytes'] / LIST_PAGE:10.0f}"
+        )
+
+
+# --- (g) experiment reads, 1k vs 1M metric rows per job ------------------------------------------
+
+
+def insert_experiment(conninfo: str, owner: str, rows: int) -> str:
+    """An experiment of `owner` with EXPERIMENT_JOBS succeeded cells (3 methods x 2 seeds), each
+    with `rows` metric rows (10 per epoch) by one INSERT ... SELECT per job; returns its id."""
+    experiment_id = secrets.token_hex(16)
+    epochs = math.ceil(rows / len(EXPERIMENT_METRICS))
+    with psycopg.connect(conninfo) as conn:  # commits on leaving the block
+        conn.execute(
+            "INSERT INTO experiments (id, owner, name, base, grid, objective_metric, objective_mode, "
+            "max_concurrent, collapsed) VALUES (%s, %s, %s, %s::json, %s::json, 'val/top1', 'max', 2, '[]')",
+            (experiment_id, owner, f"bench-{rows}-rows", json.dumps({"preset": "digits"}),
+             json.dumps({"smoothing.method": list(EXPERIMENT_METHODS), "seed": [0, 1]})),
+        )  # fmt: skip
+        for position in range(EXPERIMENT_JOBS):
+            method, seed = EXPERIMENT_METHODS[position // 2], position % 2
+            insert_cell(
+                conn, experiment_id, owner, position, {"smoothing.method": method, "seed": seed}, epochs
+            )
+    return experiment_id
+
+
+def insert_cell(
+    conn: psycopg.Connection[Any],
+    experiment_id: str,
+    owner: str,
+    position: int,
+    cell: dict[str, Any],
+    epochs: int,
+) -> None:
+    """A cell's job and its rows: top-1 curves that rise and level off with noise (so the running
+    maximum improves now and then, as a real run's does), random values for the rest."""
+    job_id = secrets.token_hex(16)
+    provenance = {"tsla_version": "bench", "device": "cpu", "dataset": {"name": "digits", "sha256": "0"}}
+    conn.execute(
+        "INSERT INTO jobs (id, name, owner, state, spec, method, dataset, epochs, epochs_done, "
+        "experiment_id, cell, cell_key, role, position, provenance) VALUES (%s, %s, %s, 'succeeded', "
+        "'{}'::json, %s, 'digits', %s, %s, %s, %s::json, %s, 'cell', %s, %s::json)",
+        (job_id, f"bench-cell-{position}", owner, cell["smoothing.method"], min(epochs, MAX_SPEC_EPOCHS),
+         epochs, experiment_id, json.dumps(cell), secrets.token_hex(32), position, json.dumps(provenance)),
+    )  # fmt: skip
+    conn.execute(
+        """
+        INSERT INTO metrics (job_id, epoch, step, split, name, value, stage, attempt)
+        SELECT %(job)s, e, (e + 1) * 12, split, name,
+               CASE WHEN name = 'top1' THEN 90 * (1 - exp(-5.0 * e / %(epochs)s)) + 5 * random()
+                    ELSE random() END,
+               'onehot', 1
+        FROM generate_series(0, %(rows)s - 1) AS g
+        CROSS JOIN LATERAL (SELECT g / %(k)s AS e, (%(splits)s::text[])[g %% %(k)s + 1] AS split,
+                                   (%(names)s::text[])[g %% %(k)s + 1] AS name) AS row
+        """,
+        {
+            "job": job_id,
+            "epochs": epochs,
+            "rows": epochs * len(EXPERIMENT_METRICS),
+            "k": len(EXPERIMENT_METRICS),
+            "splits": [split for split, _ in EXPERIMENT_METRICS],
+            "names": [name for _, name in EXPERIMENT_METRICS],
+        },
+    )
+
+
+def build_summaries(conninfo: str, experiment_id: str) -> int:
+    """Each cell's metric summaries and records from its rows by `Summary.of`, the function
+    record_metrics rebuilds a summary with (and migration 0005 backfills with); returns the most
+    top-1 records (new running maxima) of one metric of a job."""
+    from tsla_service.summaries import COLUMNS, Summary
+
+    most = 0
+    with psycopg.connect(conninfo) as conn:
+        jobs = conn.execute("SELECT id FROM jobs WHERE experiment_id = %s", (experiment_id,)).fetchall()
+        for (job_id,) in jobs:
+            points: dict[tuple[str, str], list[tuple[int, float | None]]] = {}
+            with conn.cursor(name="rows") as cursor:  # server-side: a job's rows are streamed
+                cursor.execute("SELECT split, name, epoch, value FROM metrics WHERE job_id = %s", (job_id,))
+                for split, name, epoch, value in cursor:
+                    points.setdefault((split, name), []).append((epoch, value))
+            for (split, name), found in points.items():
+                summary = Summary.of(found)
+                conn.execute(
+                    f"INSERT INTO metric_summaries (job_id, split, name, {', '.join(COLUMNS)}) "
+                    f"VALUES (%s, %s, %s, {', '.join(['%s'] * len(COLUMNS))})",
+                    [job_id, split, name, *(getattr(summary, column) for column in COLUMNS)],
+                )
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO metric_records (job_id, split, name, epoch, value) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        [(job_id, split, name, epoch, value) for epoch, value in summary.records],
+                    )
+                most = max(most, len(summary.records) if name == "top1" else 0)
+    return most
+
+
+def seed_experiments(conninfo: str, owner: str) -> dict[str, tuple[str, int]]:
+    """The large experiment, then the small one, inserted, summarized, vacuumed and analyzed:
+    {size: (experiment id, most top-1 records of a job)}."""
+    started = time.perf_counter()
+    found = {}
+    for size, rows in (("large", LARGE_ROWS), ("small", SMALL_ROWS)):
+        found[size] = with_pg_retries(functools.partial(seed_experiment, conninfo, owner, rows), "inserting")
+        log(
+            f"(g) {size}: {EXPERIMENT_JOBS} jobs x {rows:,} rows inserted and summarized "
+            f"({time.perf_counter() - started:.0f} s so far)"
+        )
+    with_pg_retries(lambda: vacuum_experiment_tables(conninfo), "vacuuming")
+    return found
+
+
+def seed_experiment(conninfo: str, owner: str, rows: int) -> tuple[str, int]:
+    experiment_id = insert_experiment(conninfo, owner, rows)
+    return experiment_id, build_summaries(conninfo, experiment_id)
+
+
+def vacuum_experiment_tables(conninfo: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for table in ("experiments", "jobs", "metrics", "metric_summaries", "metric_records"):
+            conn.execute(f"VACUUM (ANALYZE) {table}")
+
+
+def timed_read(api: Api, path: str, params: Mapping[str, Any]) -> float:
+    """Seconds for one GET; a failed request is noted and repeated, never timed."""
+
+    def timed_get() -> tuple[float, httpx.Response]:
+        started = time.perf_counter()
+        response = api.http.get(path, params=dict(params))
+        elapsed = time.perf_counter() - started
+        raise_for_status(response)
+        return elapsed, response
+
+    return api.call(f"GET {path} {dict(params)}", timed_get)[0]
+
+
+def check_reads(api: Api, experiment_id: str) -> dict[str, Any]:
+    """The table and curves once, untimed: the rows and points a timed request must return."""
+    table = api.call("GET experiment", lambda: api.client.experiment(experiment_id, target=0.9))["table"]
+    curves = api.call(
+        "GET curves", lambda: api.client.experiment_curves(experiment_id, "test/top1", EXPERIMENT_POINTS)
+    )
+    if len(table) != len(EXPERIMENT_METHODS) or any(row["n_succeeded"] != 2 for row in table):
+        raise RuntimeError(f"(g) table of {experiment_id}: {json.dumps(table)[:500]}")
+    points = {len(group["points"]) for group in curves["groups"]}
+    if points != {EXPERIMENT_POINTS}:
+        raise RuntimeError(f"(g) curves of {experiment_id}: {points} points, not {EXPERIMENT_POINTS}")
+    return {
+        "reached": [row["reached"] for row in table],
+        "selected_test": [row["selected_test"] for row in table],
+    }
+
+
+def measure_experiment_reads(service: Service, requests: int) -> dict[str, Any]:
+    assert service.conninfo is not None and service.token_id is not None
+    seeded = seed_experiments(service.conninfo, service.token_id)
+    checks = {size: check_reads(service.api, experiment_id) for size, (experiment_id, _) in seeded.items()}
+    cases: list[dict[str, Any]] = []
+    for case, (suffix, params) in EXPERIMENT_READS.items():
+        times: dict[str, list[float]] = {"small": [], "large": []}
+        for index in range(PAGE_WARMUP + requests):
+            for size in times:
+                elapsed = timed_read(service.api, f"/experiments/{seeded[size][0]}{suffix}", params)
+                if index >= PAGE_WARMUP:
+                    times[size].append(elapsed * 1000)
+        medians = {size: statistics.median(values) for size, values in times.items()}
+        cases.append({"case": case, "params": params, "median_ms": medians,
+                      "p90_ms": {size: summarize(values)["p90"] for size, values in times.items()},
+                      "ratio": medians["large"] / medians["small"]})  # fmt: skip
+        log(f"(g) {case}: ratio {cases[-1]['ratio']:.2f}")
+    return {
+        "jobs": EXPERIMENT_JOBS,
+        "rows_per_job": {"small": SMALL_ROWS, "large": LARGE_ROWS},
+        "most_top1_records": {size: most for size, (_, most) in seeded.items()},
+        "checks": checks,
+        "requests": requests,
+        "cases": cases,
+        "worst_ratio": max(case["ratio"] for case in cases),
+    }
+
+
+def print_experiment_reads(result: dict[str, Any]) -> None:
+    rows = result["rows_per_job"]
+    print(
+        f"\n(g) experiment reads: {result['jobs']} jobs with {rows['small']:,} vs {rows['large']:,} "
+        f"metric rows each, median of {result['requests']} requests each "
+        f"(goal: ratio <= {EXPERIMENT_RATIO_GOAL})"
+    )
+    print(
+        f"{'request':34} {'small ms':>10} {'large ms':>10} {'ratio':>8}   {'p90 small':>10} {'p90 large':>10}"
+    )
+    for case in result["cases"]:
+        median, p90 = case["median_ms"], case["p90_ms"]
+        print(
+            f"{case['case']:34} {median['small']:10.2f} {median['large']:10.2f} {case['ratio']:8.2f}   "
+            f"{p90['small']:10.2f} {p90['large']:10.2f}"
+        )
+    most = result["most_top1_records"]
+    print(
+        f"worst ratio (headline): {result['worst_ratio']:.2f}; most top-1 records (new running "
+        f"maxima) of a job: {most['small']} (small), {most['large']} (large)"
     )
 
 
@@ -1104,7 +1667,40 @@ def print_summary(results: dict[str, Any]) -> None:
             f"{opened['metrics']['p99']:.1f} ms, max API PG connections {streams['max_api_connections']} "
             f"(pool {streams['pool_limit']}); goal p99 <= {STREAM_LATENCY_GOAL_MS:g} ms: {verdict(ok)}"
         )
-    print_disturbances(results)
+    for rest in (print_summary_e_f, print_summary_g, print_disturbances):
+        rest(results)
+
+
+def print_summary_e_f(results: dict[str, Any]) -> None:
+    if "vs_bare" in results:
+        bare = results["vs_bare"]
+        ratio, median = bare["ratio"], bare["median_rps"]
+        print(
+            f"  (e) metrics page vs a bare FastAPI route: {median['metrics']:.0f} vs {median['bare']:.0f} "
+            f"requests/s, ratio {ratio:.3f} (median of {len(bare['rounds'])} rounds); "
+            f"goal >= {BARE_RATIO_GOAL}: {verdict(ratio >= BARE_RATIO_GOAL)}"
+        )
+    if "jobs_list" in results:
+        listing = results["jobs_list"]
+        slowest = max(listing["cases"], key=lambda case: case["median"])
+        largest = max(case["bytes"] for case in listing["cases"])
+        ok = slowest["median"] <= LIST_GOAL_MS and largest <= LIST_GOAL_BYTES
+        print(
+            f"  (f) GET /jobs?limit={LIST_PAGE} at {listing['jobs']:,} jobs: slowest page "
+            f"({slowest['case']}) median {slowest['median']:.1f} ms, p90 {slowest['p90']:.1f} ms; "
+            f"largest page {largest:,} bytes ({largest / LIST_PAGE:.0f} per job); "
+            f"our goals <= {LIST_GOAL_MS:g} ms median, <= {LIST_GOAL_BYTES // 1000} KB: {verdict(ok)}"
+        )
+
+
+def print_summary_g(results: dict[str, Any]) -> None:
+    if "experiment_reads" in results:
+        reads = results["experiment_reads"]
+        ratio = reads["worst_ratio"]
+        print(
+            f"  (g) experiment reads, 1M vs 1k rows per job: worst ratio {ratio:.2f}; "
+            f"goal <= {EXPERIMENT_RATIO_GOAL}: {verdict(ratio <= EXPERIMENT_RATIO_GOAL)}"
+        )
 
 
 def print_disturbances(results: dict[str, Any]) -> None:
@@ -1157,6 +1753,15 @@ def run_sections(options: Options, stack: ExitStack, tmp: Path, results: dict[st
     if "d" in options.sections:
         results["event_streams"] = measure_event_streams(service, options.streams, options.quick, tmp)
         print_event_streams(results["event_streams"])
+    if "e" in options.sections:
+        results["vs_bare"] = measure_vs_bare(stack, tmp, service, options.quick)
+        print_vs_bare(results["vs_bare"])
+    if "f" in options.sections:
+        results["jobs_list"] = measure_jobs_list(service, options.requests)
+        print_jobs_list(results["jobs_list"])
+    if "g" in options.sections:
+        results["experiment_reads"] = measure_experiment_reads(service, options.requests)
+        print_experiment_reads(results["experiment_reads"])
 
 
 @contextmanager
@@ -1214,10 +1819,14 @@ def parse_args(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="a,b,c", help="comma-separated sections to run: a, b, c, d")
+    parser.add_argument(
+        "--only", default="a,b,c", help="comma-separated sections to run: a, b, c, d, e, f, g"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer jobs and requests, a smaller (c) spec")
     parser.add_argument("--runs", type=int, help="(a) jobs per stack (default 10; --quick 3)")
-    parser.add_argument("--requests", type=int, help="(b) timed requests per case and job (50; --quick 30)")
+    parser.add_argument(
+        "--requests", type=int, help="(b), (f), (g) timed requests per case (and job) (50; --quick 30)"
+    )
     parser.add_argument("--pairs", type=int, default=2, help="(c) core + service run pairs (default 2)")
     parser.add_argument("--streams", type=int, default=200, help="(d) event streams to open (default 200)")
     parser.add_argument("--redis-db", type=int, default=15, help="Redis db of the broker, flushed first (15)")

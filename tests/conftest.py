@@ -22,7 +22,7 @@ def tiny_raw_spec(**overrides: Any) -> dict[str, Any]:
         "smoothing": {"method": "tsla", "theta": 0.2, "switch_epoch": 2},
         "epochs": 4,
         "batch_size": 32,
-        "grad_variance": {"every_steps": 3},
+        "grad_variance": {"probes_per_epoch": 2},
         "device": "cpu",
     }
     for key, value in overrides.items():

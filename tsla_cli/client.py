@@ -5,13 +5,16 @@ job = client.submit({"preset": "digits"})
 for row in client.iter_metrics(job["id"], follow=True):
     print(row["epoch"], row["name"], row["value"])
 client.download(job["id"], "best", Path("model.pt"))  # resumes with Range, checks sha256
+exp = client.submit_experiment({"name": "sweep", "base": {"preset": "digits"},
+                                "grid": {"smoothing.method": ["baseline", "lsr"], "seed": [0, 1]}})
+print(client.experiment_frame(exp["id"]))  # a pandas DataFrame with the `frames` extra
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,6 +211,64 @@ class TslaClient:
         partial.replace(path)
         return actual
 
+    # --- experiments ---------------------------------------------------------------------------
+
+    def submit_experiment(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST /experiments: a base spec and a grid of dotted keys; returns the experiment."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        found: dict[str, Any] = self._json("POST", "/experiments", json=body, headers=headers)
+        return found
+
+    def experiment(
+        self, experiment_id: str, target: float | None = None, early_epochs: int | None = None
+    ) -> dict[str, Any]:
+        """The experiment with its results `table` (`target`: the top-1 for epochs_to_target;
+        `early_epochs`: how many first epochs early_grad_var averages)."""
+        params: dict[str, Any] = {}
+        if target is not None:
+            params["target"] = target
+        if early_epochs is not None:
+            params["early_epochs"] = early_epochs
+        found: dict[str, Any] = self._json("GET", f"/experiments/{experiment_id}", params=params)
+        return found
+
+    def experiments(self, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        page: dict[str, Any] = self._json("GET", "/experiments", params=params)
+        return page
+
+    def add_cells(self, experiment_id: str, grid: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """Grow a running experiment; returns `added` and `existing` (reused, never re-run) jobs."""
+        found: dict[str, Any] = self._json("POST", f"/experiments/{experiment_id}/cells", json={"grid": grid})
+        return found
+
+    def cancel_experiment(self, experiment_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._json("POST", f"/experiments/{experiment_id}/cancel")
+        return found
+
+    def experiment_csv(self, experiment_id: str) -> str:
+        return self._request("GET", f"/experiments/{experiment_id}/table.csv").text
+
+    def experiment_curves(
+        self, experiment_id: str, name: str = "test/top1", points: int = 200
+    ) -> dict[str, Any]:
+        """Per group, the metric `name` by epoch: mean and std over the group's seeds."""
+        params = {"name": name, "points": points}
+        found: dict[str, Any] = self._json("GET", f"/experiments/{experiment_id}/curves", params=params)
+        return found
+
+    def metrics_frame(self, job_id: str) -> Any:
+        """Every metric row of a job: a pandas DataFrame with the `frames` extra, else a list of dicts."""
+        return as_frame(list(self.iter_metrics(job_id)))
+
+    def experiment_frame(self, experiment_id: str) -> Any:
+        """The results table, one row per group (group keys, then `final_mean`, `final_std`, ...):
+        a pandas DataFrame with the `frames` extra, else a list of dicts."""
+        table = self.experiment(experiment_id).get("table") or []
+        return as_frame([flat_table_row(row) for row in table])
+
     def health(self) -> bool:
         try:
             return self.http.get("/healthz").status_code == 200
@@ -220,6 +281,34 @@ class TslaClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.http.base_url} not healthy after {timeout}s")
             time.sleep(0.2)
+
+
+def flat_table_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A results-table row as one level: group keys as they are, `{key}_{stat}` for summaries."""
+    flat: dict[str, Any] = dict(row.get("group") or {})
+    for key, value in row.items():
+        if key == "group":
+            continue
+        if isinstance(value, dict):
+            flat.update({f"{key}_{stat}": item for stat, item in value.items()})
+        elif value is None and key in SUMMARY_KEYS:
+            flat.update({f"{key}_{stat}": None for stat in ("mean", "std", "n")})
+        else:
+            flat[key] = value
+    return flat
+
+
+# Table columns that are {mean, std, n} summaries (or null when no job of the group finished).
+SUMMARY_KEYS = ("final", "best", "top5", "selected_test", "epochs_to_target", "early_grad_var")
+
+
+def as_frame(rows: list[dict[str, Any]]) -> Any:
+    """A pandas DataFrame of `rows` when pandas is installed (`pip install 'tsla[frames]'`), else the list."""
+    try:
+        import pandas
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows)
 
 
 def raise_for_status(response: httpx.Response) -> None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from tsla_core.loop import DivergedError, Hooks, Trainer, TrainResult, evaluate_checkpoint, train
     from tsla_core.loss import smoothed_cross_entropy, stage_at
     from tsla_core.readers import DatasetError
-    from tsla_spec.records import CheckpointRecord, MetricRow
+    from tsla_spec.records import CheckpointRecord, DatasetIdentity, MetricRow, RunInfo
 
 _EXPORTS = {
     "smoothed_cross_entropy": "tsla_core.loss",
@@ -25,6 +25,8 @@ _EXPORTS = {
     "Trainer": "tsla_core.loop",
     "Hooks": "tsla_core.loop",
     "MetricRow": "tsla_spec.records",
+    "RunInfo": "tsla_spec.records",
+    "DatasetIdentity": "tsla_spec.records",
     "TrainResult": "tsla_core.loop",
     "evaluate_checkpoint": "tsla_core.loop",
     "CheckpointStore": "tsla_core.checkpoint",
@@ -42,9 +44,11 @@ __all__ = [
     "CheckpointStorageError",
     "CheckpointStore",
     "DatasetError",
+    "DatasetIdentity",
     "DivergedError",
     "Hooks",
     "MetricRow",
+    "RunInfo",
     "SkippedCheckpoint",
     "TrainResult",
     "Trainer",

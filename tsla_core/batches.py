@@ -5,20 +5,27 @@ are augmented a whole batch at a time there, which keeps a 2-core CPU or a GPU b
 model instead of per-image Python transforms. Folder data sets (ImageNet) stream through a
 DataLoader. Both draw the epoch's order and augmentation from a generator seeded by
 (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have.
+
+The validation split (and the subset, when the spec asks for one) is held out of the training
+split by `data.split_seed` (tsla_core/splits.py); it is evaluated like the test split, without
+augmentation.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
 
+from tsla_core.provenance import arrays_sha256, folder_sha256
 from tsla_core.readers import (
     ArraySplit,
     DatasetError,
@@ -28,7 +35,9 @@ from tsla_core.readers import (
     read_fashion_mnist,
     read_image_folder_classes,
 )
+from tsla_core.splits import training_indices
 from tsla_spec.datasets import DATASETS
+from tsla_spec.records import DatasetIdentity
 from tsla_spec.spec import DataSpec
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -62,10 +71,18 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 class Split(Protocol):
     def __len__(self) -> int: ...
 
+    def steps(self, batch_size: int) -> int:
+        """The number of training batches `batches` yields per epoch."""
+        ...
+
     def batches(
         self, batch_size: int, generator: torch.Generator | None, channels_last: bool
     ) -> Iterator[Batch]:
-        """Training batches (shuffled, augmented, full) when `generator` is given, else test."""
+        """Training batches (shuffled, augmented, full) when `generator` is given, else evaluation."""
+        ...
+
+    def examples(self, indices: np.ndarray, channels_last: bool) -> Batch:
+        """These examples (positions in this split) as one batch, as evaluation sees them."""
         ...
 
 
@@ -86,6 +103,13 @@ class TensorSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def steps(self, batch_size: int) -> int:
+        return len(self) // batch_size  # the ragged last batch is dropped
+
+    def examples(self, indices: np.ndarray, channels_last: bool) -> Batch:
+        index = torch.from_numpy(indices).to(self.images.device)
+        return self._normalise(self.images[index], channels_last), self.labels[index]
 
     def batches(
         self, batch_size: int, generator: torch.Generator | None, channels_last: bool
@@ -144,17 +168,36 @@ def augment_batch(
     return images
 
 
-class FolderSplit:
-    """An ImageFolder tree streamed through a DataLoader (ImageNet-style crops)."""
+def folder_transform(train: bool) -> v2.Transform:
+    """ImageNet-style crops: random resized crop and flip for training, else resize + centre crop."""
+    if train:
+        return v2.Compose(
+            [v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor()]
+        )
+    return v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.PILToTensor()])
 
-    def __init__(self, root: Path, train: bool, num_workers: int, device: torch.device) -> None:
-        if train:
-            transform = v2.Compose(
-                [v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor()]
-            )
-        else:
-            transform = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.PILToTensor()])
-        self.dataset = tv_datasets.ImageFolder(str(root), transform=transform)
+
+def with_transform(folder: tv_datasets.ImageFolder, train: bool) -> tv_datasets.ImageFolder:
+    """The same tree (its file list is shared, not scanned again) with another transform."""
+    view = copy.copy(folder)
+    view.transform = folder_transform(train)
+    return view
+
+
+class FolderSplit:
+    """Examples of an ImageFolder tree (all, or those at `indices`) streamed through a DataLoader."""
+
+    def __init__(
+        self,
+        folder: tv_datasets.ImageFolder,
+        indices: np.ndarray | None,
+        train: bool,
+        num_workers: int,
+        device: torch.device,
+    ) -> None:
+        self.folder = folder
+        self.indices: list[int] = list(range(len(folder))) if indices is None else indices.tolist()
+        self.dataset = Subset(with_transform(folder, train), self.indices)
         self.num_workers = num_workers
         self.device = device
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -162,6 +205,11 @@ class FolderSplit:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def steps(self, batch_size: int) -> int:
+        if len(self) > batch_size:
+            return len(self) // batch_size  # drop_last, as `batches` loads them
+        return 1 if len(self) else 0
 
     def batches(
         self, batch_size: int, generator: torch.Generator | None, channels_last: bool
@@ -177,18 +225,31 @@ class FolderSplit:
             pin_memory=self.device.type == "cuda",
         )
         for images, labels in loader:
-            images = images.to(self.device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield (images.float() / 255.0 - self.mean) / self.std, labels.to(self.device, non_blocking=True)
+            yield self._normalise(images, channels_last), labels.to(self.device, non_blocking=True)
+
+    def examples(self, indices: np.ndarray, channels_last: bool) -> Batch:
+        evaluated = with_transform(self.folder, train=False)
+        items = [evaluated[self.indices[i]] for i in indices.tolist()]
+        images = torch.stack([image for image, _ in items])
+        return self._normalise(images, channels_last), torch.tensor([label for _, label in items]).to(
+            self.device
+        )
+
+    def _normalise(self, images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return (images.float() / 255.0 - self.mean) / self.std
 
 
 @dataclass
 class DataBundle:
     train: Split
+    val: Split | None  # None: no validation split (`data.val_fraction` 0)
     test: Split
     num_classes: int
     in_channels: int
+    identity: DatasetIdentity
 
 
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,20 +281,59 @@ def read_arrays(spec: DataSpec, data_root: Path) -> tuple[ArraySplit, ArraySplit
 def load_data(spec: DataSpec, data_root: Path, device: torch.device) -> DataBundle:
     """Load the named data set under `data_root`; DatasetError says what is missing."""
     if spec.name == "imagenet":
-        root = data_root / "imagenet"
-        classes = read_image_folder_classes(root / "train")
-        test_classes = read_image_folder_classes(root / "val")
-        if test_classes != classes:
-            raise DatasetError(f"{root}/val has other class folders than {root}/train")
-        train = FolderSplit(root / "train", True, spec.num_workers, device)
-        test = FolderSplit(root / "val", False, spec.num_workers, device)
-        return DataBundle(train, test, num_classes=len(classes), in_channels=3)
-    train_arrays, test_arrays, num_classes = read_arrays(spec, data_root)
+        return load_folder_data(spec, data_root / "imagenet", device)
+    return load_tensor_data(spec, data_root, device)
+
+
+def dataset_identity(spec: DataSpec, sha256: str, train: int, val: int, test: int) -> DatasetIdentity:
+    info = DATASETS[spec.name]
+    return DatasetIdentity(spec.name, info.description, info.version, sha256, train, val, test)
+
+
+def take(arrays: ArraySplit, indices: np.ndarray) -> ArraySplit:
+    if len(indices) == len(arrays.labels):  # all of them, in order: no copy
+        return arrays
+    return ArraySplit(images=np.ascontiguousarray(arrays.images[indices]), labels=arrays.labels[indices])
+
+
+def load_tensor_data(spec: DataSpec, data_root: Path, device: torch.device) -> DataBundle:
+    """A tensor data set on the device: the training examples (subset, less the validation split),
+    normalised with their own statistics, the validation split and the test split."""
+    read_train, test_arrays, num_classes = read_arrays(spec, data_root)
+    sha256 = arrays_sha256([read_train, test_arrays])
+    train_index, val_index = training_indices(read_train.labels, spec)
+    train_arrays = take(read_train, train_index)
     stats = channel_stats(torch.from_numpy(train_arrays.images))
     augment = AUGMENTS[spec.name] if spec.augment else None
+    val = TensorSplit(take(read_train, val_index), device, stats, None) if len(val_index) else None
     return DataBundle(
         TensorSplit(train_arrays, device, stats, augment),
+        val,
         TensorSplit(test_arrays, device, stats, None),
         num_classes=num_classes,
         in_channels=train_arrays.images.shape[1],
+        identity=dataset_identity(spec, sha256, len(train_index), len(val_index), len(test_arrays.labels)),
+    )
+
+
+def load_folder_data(spec: DataSpec, root: Path, device: torch.device) -> DataBundle:
+    """An ImageFolder tree: root/train (less the validation split) to train on, root/val to test."""
+    classes = read_image_folder_classes(root / "train")
+    if read_image_folder_classes(root / "val") != classes:
+        raise DatasetError(f"{root}/val has other class folders than {root}/train")
+    train_folder = tv_datasets.ImageFolder(str(root / "train"))
+    test_folder = tv_datasets.ImageFolder(str(root / "val"))
+    sha256 = folder_sha256(
+        (Path(folder.root), [path for path, _ in folder.samples]) for folder in (train_folder, test_folder)
+    )
+    train_index, val_index = training_indices(np.asarray(train_folder.targets), spec)
+    workers = spec.num_workers
+    val = FolderSplit(train_folder, val_index, False, workers, device) if len(val_index) else None
+    return DataBundle(
+        FolderSplit(train_folder, train_index, True, workers, device),
+        val,
+        FolderSplit(test_folder, None, False, workers, device),
+        num_classes=len(classes),
+        in_channels=3,
+        identity=dataset_identity(spec, sha256, len(train_index), len(val_index), len(test_folder)),
     )

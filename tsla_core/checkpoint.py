@@ -28,6 +28,7 @@ import torch
 
 from tsla_spec.hashing import sha256_file
 from tsla_spec.records import CheckpointRecord
+from tsla_spec.vocabulary import VAL_TOP1
 
 __all__ = [
     "CheckpointError",
@@ -198,11 +199,15 @@ class CheckpointStore:
         return sorted(found, key=lambda r: (r.epoch, not r.partial))
 
     def best(self) -> CheckpointRecord | None:
-        """The complete checkpoint with the highest test top-1 (the latest on ties)."""
+        """The complete checkpoint with the highest validation top-1 (the latest on ties). Never
+        chosen by test metrics: without a validation split there is nothing to select on, and the
+        latest complete checkpoint is the best one."""
         complete = [r for r in self.records() if not r.partial]
         if not complete:
             return None
-        return max(reversed(complete), key=lambda r: finite_or_lowest(r.metrics.get("test/top1")))
+        if not any(VAL_TOP1 in r.metrics for r in complete):
+            return complete[-1]
+        return max(reversed(complete), key=lambda r: finite_or_lowest(r.metrics.get(VAL_TOP1)))
 
     def load(self, record: CheckpointRecord) -> dict[str, Any]:
         return load_verified(record.path, record.sha256)

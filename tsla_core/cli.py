@@ -1,6 +1,7 @@
 """`tsla train`: run the core on a preset or a spec file, with a per-epoch progress line.
 
-Writes OUT/spec.json (the resolved spec), OUT/metrics.jsonl (one row per metric and epoch) and
+Writes OUT/spec.json (the resolved spec), OUT/run.json (versions, device and the data set's
+identity, tsla_spec.records.RunInfo), OUT/metrics.jsonl (one row per metric and epoch) and
 OUT/checkpoints/. Running again into the same OUT resumes from its newest good checkpoint.
 """
 
@@ -21,7 +22,8 @@ from tsla_spec.spec import RunSpec, SpecError, build_spec, raw_spec_from_cli
 from tsla_spec.vocabulary import METHODS
 
 if TYPE_CHECKING:
-    from tsla_spec.records import MetricRow
+    from tsla_core.loop import TrainResult
+    from tsla_spec.records import MetricRow, RunInfo
 
 console = Console(highlight=False, soft_wrap=True)
 DEFAULT_DATA_ROOT = Path(os.environ.get("TSLA_DATA_ROOT", "data"))
@@ -34,6 +36,10 @@ def progress_line(rows: list[MetricRow], epochs: int) -> str:
         f"epoch {r0.epoch + 1:>3}/{epochs}",
         f"{r0.stage:<6}",
         f"train loss {m['train/loss']:.4f}",
+    ]
+    if "val/top1" in m:
+        parts.append(f"val loss {m['val/loss']:.4f} top1 {m['val/top1']:6.2f}%")
+    parts += [
         f"test loss {m['test/loss']:.4f}",
         f"top1 {m['test/top1']:6.2f}%",
         f"top5 {m['test/top5']:6.2f}%",
@@ -114,7 +120,14 @@ def run(spec: RunSpec, out: Path, data_root: Path) -> None:
             handle.writelines(row_json(row) + "\n" for row in rows)
         console.print(progress_line(rows, spec.epochs))
 
-    hooks = Hooks(on_metrics=on_metrics, on_log=lambda message: console.print(f"[dim]{message}[/dim]"))
+    def on_start(info: RunInfo) -> None:
+        (out / "run.json").write_text(json.dumps(asdict(info), indent=2) + "\n")
+
+    hooks = Hooks(
+        on_metrics=on_metrics,
+        on_log=lambda message: console.print(f"[dim]{message}[/dim]"),
+        on_start=on_start,
+    )
     try:
         trainer = Trainer(spec, out, data_root, hooks)
         trainer.resume_if_possible()
@@ -138,13 +151,18 @@ def run(spec: RunSpec, out: Path, data_root: Path) -> None:
         # The run itself failed (its rows up to here are in metrics.jsonl): exit 1, not 2 (bad input).
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
+    console.print(result_table(spec, result))
+
+
+def result_table(spec: RunSpec, result: TrainResult) -> Table:
+    """The final metrics and the best checkpoint, with what chose it."""
     table = Table(title=f"{spec.smoothing.method} on {spec.data.name}: {result.status}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.final_metrics.items():
         table.add_row(key, f"{value:.4g}")
     if result.best is not None:
-        table.add_row(
-            "best checkpoint", f"{result.best.name} ({result.best.metrics.get('test/top1', 0):.2f}% top-1)"
-        )
-    console.print(table)
+        metrics = result.best.metrics
+        chosen_by = f"{metrics['val/top1']:.2f}% val top-1" if "val/top1" in metrics else "the latest"
+        table.add_row("best checkpoint", f"{result.best.name} ({chosen_by})")
+    return table

@@ -4,7 +4,10 @@ Metrics accumulate on the device and are read once per epoch, so a GPU never wai
 between steps. Callers observe and steer a run through `Hooks`: the worker persists metric rows
 and checkpoints through them and cancels through `should_stop`.
 
-At the end of each epoch the train loss and the test metrics are checked: with
+Each epoch is evaluated on the validation split (val/*, held out of the training data: what the
+best checkpoint is chosen by) and on the test split (test/*, reported, never selected on).
+
+At the end of each epoch the train loss and the val and test metrics are checked: with
 `on_nonfinite: fail` (the default) a NaN or infinite value ends the run with `DivergedError`
 ("diverged: train/loss is NaN at epoch 3", the epoch numbered as in the metric rows, from 0),
 after the epoch's rows were reported and before any checkpoint of the diverged state.
@@ -12,6 +15,7 @@ after the epoch's rows were reported and before any checkpoint of the diverged s
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -34,9 +38,25 @@ from tsla_core.checkpoint import (
 from tsla_core.kernels.batch_norm_act import fused_enabled
 from tsla_core.loss import smoothed_cross_entropy, stage_at, teacher_prior
 from tsla_core.models import build_model
-from tsla_spec.records import MetricRow
-from tsla_spec.spec import RunSpec, ScheduleSpec
-from tsla_spec.vocabulary import TEACHER_METHODS, TRAIN_LOSS, Stage
+from tsla_core.probes import exact_gradient_variance, probe_steps, split_gradient_variance, squared_grad_norm
+from tsla_core.provenance import run_info
+from tsla_core.splits import probe_indices
+from tsla_spec.records import MetricRow, RunInfo
+from tsla_spec.spec import RunSpec, ScheduleSpec, upgrade_stored_spec
+from tsla_spec.vocabulary import (
+    TEACHER_METHODS,
+    TRAIN_CE,
+    TRAIN_GRAD_NORM_SQ,
+    TRAIN_GRAD_VAR,
+    TRAIN_IMAGES_PER_S,
+    TRAIN_LOSS,
+    TRAIN_LR,
+    TRAIN_TOP1,
+    Stage,
+)
+
+# A probe's reading: (per-example gradient variance, squared norm of the mean gradient), on device.
+ProbeReading = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -50,6 +70,8 @@ class Hooks:
     on_log: Callable[[str], None] | None = None
     # A checkpoint that resume skipped because it does not verify (the service stops offering it).
     on_skipped_checkpoint: Callable[[SkippedCheckpoint], None] | None = None
+    # Once when `fit` starts (after resuming): versions, device and the data set's identity.
+    on_start: Callable[[RunInfo], None] | None = None
 
 
 @dataclass
@@ -66,12 +88,13 @@ class SpecMismatchError(Exception):
 
 
 class DivergedError(Exception):
-    """The run produced a NaN or infinite train loss or test metric (`on_nonfinite: fail`)."""
+    """The run produced a NaN or infinite train loss or val/test metric (`on_nonfinite: fail`)."""
 
 
 def first_nonfinite(metrics: dict[str, float]) -> tuple[str, float] | None:
-    """The train loss or the first test metric that is NaN or infinite, with its value."""
-    watched = [TRAIN_LOSS, *sorted(key for key in metrics if key.startswith("test/"))]
+    """The train loss or the first val, then test, metric that is NaN or infinite, with its value."""
+    held_out = [key for prefix in ("val/", "test/") for key in sorted(metrics) if key.startswith(prefix)]
+    watched = [TRAIN_LOSS, *held_out]
     for key in watched:
         value = metrics.get(key)
         if value is not None and not math.isfinite(value):
@@ -126,27 +149,6 @@ def build_optimizer(spec: RunSpec, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
-def split_gradient_variance(
-    params: list[nn.Parameter], first_half: list[torch.Tensor], n_first: int, n_total: int
-) -> torch.Tensor:
-    """Per-sample gradient variance from one batch split in two halves A and B.
-
-    The estimator: g_A and g_B are means of independent samples, so
-    E||g_A - g_B||^2 = tr(Cov) * (1/n_A + 1/n_B), where tr(Cov) = E||grad_i - grad||^2 is the
-    variance of the stochastic gradient of one example (the quantity in the paper). The batch
-    gradient's own variance is that divided by the batch size. `first_half` holds the grads
-    after backward of sum(loss_A)/n; the params' .grad now hold the full-batch mean gradient.
-    """
-    n_second = n_total - n_first
-    squared = []
-    for param, partial in zip(params, first_half, strict=True):
-        assert param.grad is not None
-        g_first = partial * (n_total / n_first)
-        g_second = (param.grad - partial) * (n_total / n_second)
-        squared.append((g_first.float() - g_second.float()).pow(2).sum())
-    return torch.stack(squared).sum() / (1 / n_first + 1 / n_second)
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
     """Mixed precision for the forward pass, or nothing when running in fp32."""
     if dtype is None:
@@ -156,9 +158,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, split: Split, spec: RunSpec, device: torch.device, dtype: torch.dtype | None
+    model: nn.Module,
+    split: Split,
+    spec: RunSpec,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    prefix: Literal["val", "test"] = "test",
 ) -> dict[str, float]:
-    """Plain (one-hot) test loss, top-1 and top-5 in percent."""
+    """Plain (one-hot) loss, top-1 and top-5 in percent on `split`, as `prefix/loss` etc."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     top1 = torch.zeros((), device=device, dtype=torch.long)
@@ -172,15 +179,81 @@ def evaluate_model(
         top5 += top_k_correct(logits, labels, 5)
         seen += labels.shape[0]
     return {
-        "test/loss": loss_sum.item() / max(seen, 1),
-        "test/top1": 100.0 * top1.item() / max(seen, 1),
-        "test/top5": 100.0 * top5.item() / max(seen, 1),
+        f"{prefix}/loss": loss_sum.item() / max(seen, 1),
+        f"{prefix}/top1": 100.0 * top1.item() / max(seen, 1),
+        f"{prefix}/top5": 100.0 * top5.item() / max(seen, 1),
     }
+
+
+def evaluate_splits(
+    model: nn.Module, data: DataBundle, spec: RunSpec, device: torch.device, dtype: torch.dtype | None
+) -> dict[str, float]:
+    """val/* (when there is a validation split), then test/*."""
+    metrics = {}
+    if data.val is not None:
+        metrics = evaluate_model(model, data.val, spec, device, dtype, "val")
+    return metrics | evaluate_model(model, data.test, spec, device, dtype, "test")
 
 
 def top_k_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, logits.shape[1])
     return (logits.topk(k, dim=1).indices == labels.unsqueeze(1)).any(dim=1).sum()
+
+
+def plain_ce_sum(
+    logits: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, stage: Stage
+) -> torch.Tensor:
+    """The batch's summed one-hot cross-entropy: after the switch the training loss itself."""
+    if stage == "onehot":
+        return losses.detach().sum()
+    with torch.no_grad():
+        return smoothed_cross_entropy(logits.detach(), labels, 0.0, reduction="none").sum()
+
+
+@dataclass
+class EpochTotals:
+    """An epoch's running sums, kept on the device so that no step waits on the host."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    correct: torch.Tensor
+    variance: torch.Tensor
+    grad_norm_sq: torch.Tensor
+    seen: int = 0
+    probes: int = 0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> EpochTotals:
+        def zero(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros((), device=device, dtype=dtype)
+
+        return cls(loss=zero(), ce=zero(), correct=zero(torch.long), variance=zero(), grad_norm_sq=zero())
+
+    def add_batch(
+        self, losses: torch.Tensor, ce_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        self.loss += losses.detach().sum()
+        self.ce += ce_sum
+        self.correct += (logits.detach().argmax(dim=1) == labels).sum()
+        self.seen += labels.shape[0]
+
+    def add_probe(self, reading: ProbeReading) -> None:
+        self.variance += reading[0].detach()
+        self.grad_norm_sq += reading[1].detach()
+        self.probes += 1
+
+    def read(self) -> dict[str, float]:
+        """The epoch's train metrics; `.tolist()` here is the epoch's one host sync point."""
+        sums = torch.stack(
+            [t.double() for t in (self.loss, self.ce, self.correct, self.variance, self.grad_norm_sq)]
+        )
+        loss, ce, correct, variance, grad_norm_sq = sums.tolist()
+        seen = max(self.seen, 1)
+        metrics = {TRAIN_LOSS: loss / seen, TRAIN_CE: ce / seen, TRAIN_TOP1: 100.0 * correct / seen}
+        if self.probes:
+            metrics[TRAIN_GRAD_VAR] = variance / self.probes
+            metrics[TRAIN_GRAD_NORM_SQ] = grad_norm_sq / self.probes
+        return metrics
 
 
 class Trainer:
@@ -216,6 +289,8 @@ class Trainer:
         self.store = CheckpointStore(out_dir / "checkpoints", spec.checkpoint.keep_last, self._log)
         for name in self.store.remove_temp_files():
             self._log(f"removed {name}, a temp file an earlier run left when its write failed")
+        probing = spec.grad_variance.enabled
+        self.exact_batch = self._exact_batch() if probing and spec.grad_variance.mode == "exact" else None
         self.epoch = 0  # next epoch to train
         self.step = 0  # optimizer steps so far
 
@@ -224,6 +299,15 @@ class Trainer:
     def _log(self, message: str) -> None:
         if self.hooks.on_log is not None:
             self.hooks.on_log(message)
+
+    def _exact_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact probe's fixed batch: drawn once from the training split with data.split_seed."""
+        train, size = self.data.train, self.spec.grad_variance.exact_examples
+        indices = probe_indices(len(train), size, self.spec.data.split_seed)
+        return train.examples(indices, self.spec.channels_last)
+
+    def run_info(self) -> RunInfo:
+        return run_info(self.device, self.data.identity)
 
     def _load_teacher(self, teacher_path: Path | None) -> nn.Module:
         teacher_spec = self.spec.smoothing.teacher
@@ -237,7 +321,7 @@ class Trainer:
                 f"teacher {teacher_path} predicts {state['num_classes']} classes, "
                 f"the data set has {self.data.num_classes}"
             )
-        teacher_run = RunSpec.model_validate_json(state["spec"])
+        teacher_run = RunSpec.model_validate(upgrade_stored_spec(json.loads(state["spec"])))
         teacher = build_model(teacher_run.model, state["num_classes"], state["in_channels"])
         teacher.load_state_dict(state["model"])
         teacher.to(self.device).to(memory_format=self.memory_format).eval()
@@ -266,7 +350,8 @@ class Trainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue after the epoch that `state` completed."""
-        if state["spec"] != self.spec.model_dump_json():
+        written_by = RunSpec.model_validate(upgrade_stored_spec(json.loads(state["spec"])))
+        if written_by != self.spec:
             raise SpecMismatchError(
                 "the checkpoints here were written by a different spec; use a new output folder"
             )
@@ -296,78 +381,101 @@ class Trainer:
     def _autocast(self) -> AbstractContextManager[Any]:
         return autocast(self.device, self.autocast_dtype)
 
-    def _loss(
-        self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, stage: Stage
-    ) -> torch.Tensor:
-        """Per-sample training loss for this stage."""
+    def _targets(self, images: torch.Tensor, stage: Stage) -> tuple[float, torch.Tensor | None]:
+        """(theta, prior) of this stage's targets: one-hot is theta 0; prior None is uniform."""
         if stage == "onehot":
-            return smoothed_cross_entropy(logits, labels, 0.0, reduction="none")
+            return 0.0, None
         prior = None
         if self.teacher is not None:
             with self._autocast():
                 prior = teacher_prior(self.teacher, images, self.spec.smoothing.temperature)
-        return smoothed_cross_entropy(logits, labels, self.spec.smoothing.theta, prior, reduction="none")
+        return self.spec.smoothing.theta, prior
 
-    def _backward(self, losses: torch.Tensor, probe: bool) -> torch.Tensor | None:
-        """Backward of the mean loss; on probe steps split in two halves to measure variance."""
+    def _loss(
+        self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, stage: Stage
+    ) -> torch.Tensor:
+        """Per-sample training loss for this stage."""
+        theta, prior = self._targets(images, stage)
+        return smoothed_cross_entropy(logits, labels, theta, prior, reduction="none")
+
+    def _backward(self, losses: torch.Tensor, probe: bool) -> ProbeReading | None:
+        """Backward of the mean loss; on split-probe steps first the gradient of the batch's first
+        half alone, to measure the variance (one extra backward pass, no extra forward)."""
         n = losses.shape[0]
         if not probe or n < 2:
             losses.mean().backward()
             return None
         half = n // 2
         params = [p for p in self.model.parameters() if p.requires_grad]
-        (losses[:half].sum() / n).backward(retain_graph=True)
-        first_half = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-        (losses[half:].sum() / n).backward()
-        return split_gradient_variance(params, first_half, half, n)
+        first_half = torch.autograd.grad(
+            losses[:half].sum() / n, params, retain_graph=True, materialize_grads=True
+        )
+        # The same backward call as a plain step: the update is bit for bit the one without the
+        # probe (two accumulated half-batch backwards would round differently, by far more in bf16).
+        losses.mean().backward()
+        return split_gradient_variance(params, list(first_half), half, n), squared_grad_norm(params)
+
+    def _exact_probe(self, stage: Stage) -> ProbeReading | None:
+        """Per-example gradient variance of the fixed probe batch at the current weights (fp32)."""
+        assert self.exact_batch is not None
+        images, labels = self.exact_batch
+        if labels.shape[0] < 2:
+            return None
+        theta, prior = self._targets(images, stage)
+
+        def loss(logits: torch.Tensor, labels: torch.Tensor, row: torch.Tensor | None) -> torch.Tensor:
+            return smoothed_cross_entropy(logits, labels, theta, row, reduction="none")
+
+        return exact_gradient_variance(self.model, images, labels, prior, loss)
+
+    def _train_step(
+        self, images: torch.Tensor, labels: torch.Tensor, stage: Stage, probe: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, ProbeReading | None]:
+        """One optimizer step: (per-sample losses, logits, the probe's reading on probe steps).
+        The exact probe reads the weights before the step, and changes neither them nor the RNG."""
+        exact = self.exact_batch is not None
+        reading = self._exact_probe(stage) if probe and exact else None
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.model(images)
+        losses = self._loss(logits, images, labels, stage)
+        split = self._backward(losses, probe and not exact)
+        self.optimizer.step()
+        self.step += 1
+        return losses, logits, reading if exact else split
+
+    def probe_steps(self) -> frozenset[int]:
+        """The steps of each epoch that probe the gradient variance."""
+        probes = self.spec.grad_variance
+        if not probes.enabled:
+            return frozenset()
+        return probe_steps(self.data.train.steps(self.spec.batch_size), probes.probes_per_epoch)
 
     def train_one_epoch(self, epoch: int, stage: Stage) -> dict[str, float] | None:
         """Train one epoch; the metrics, or None when `should_stop` interrupted it."""
         self.model.train()
-        every = self.spec.grad_variance.every_steps
-        probe_on = self.spec.grad_variance.enabled
-        device = self.device
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        variance_sum = torch.zeros((), device=device)
-        seen, probes = 0, 0
+        totals = EpochTotals.zeros(self.device)
+        probing = self.probe_steps()
         start = time.perf_counter()
         batches = self.data.train.batches(
             self.spec.batch_size, epoch_generator(self.spec.seed, epoch), self.spec.channels_last
         )
-        for images, labels in batches:
+        for index, (images, labels) in enumerate(batches):
             if self.hooks.should_stop is not None and self.hooks.should_stop():
                 return None
-            self.optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
-                logits = self.model(images)
-            losses = self._loss(logits, images, labels, stage)
-            probe = probe_on and self.step % every == every // 2
-            variance = self._backward(losses, probe)
-            self.optimizer.step()
-            self.step += 1
-            loss_sum += losses.detach().sum()
-            correct += (logits.detach().argmax(dim=1) == labels).sum()
-            seen += labels.shape[0]
-            if variance is not None:
-                variance_sum += variance.detach()
-                probes += 1
-        # .item() is the epoch's one host sync point: read first, so the clock stops after the
-        # device has really finished the epoch's queued work.
-        loss_total, correct_total = loss_sum.item(), correct.item()
+            losses, logits, reading = self._train_step(images, labels, stage, index in probing)
+            totals.add_batch(losses, plain_ce_sum(logits, labels, losses, stage), logits, labels)
+            if reading is not None:
+                totals.add_probe(reading)
+        # Read first (the host sync), so the clock stops after the device has finished the epoch.
+        metrics = totals.read()
         elapsed = time.perf_counter() - start
-        metrics = {
-            "train/loss": loss_total / max(seen, 1),
-            "train/top1": 100.0 * correct_total / max(seen, 1),
-            "train/lr": self.optimizer.param_groups[0]["lr"],
-            "train/images_per_s": seen / max(elapsed, 1e-9),
-        }
-        if probes:
-            metrics["train/grad_var"] = variance_sum.item() / probes
+        metrics[TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
+        metrics[TRAIN_IMAGES_PER_S] = totals.seen / max(elapsed, 1e-9)
         return metrics
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate_model(self.model, self.data.test, self.spec, self.device, self.autocast_dtype)
+        return evaluate_splits(self.model, self.data, self.spec, self.device, self.autocast_dtype)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -386,7 +494,7 @@ class Trainer:
         return record
 
     def _check_finite(self, epoch: int, metrics: dict[str, float]) -> None:
-        """DivergedError on a non-finite loss or test metric, unless `on_nonfinite: continue`."""
+        """DivergedError on a non-finite loss or val/test metric, unless `on_nonfinite: continue`."""
         found = first_nonfinite(metrics)
         if found is None:
             return
@@ -399,6 +507,8 @@ class Trainer:
     def fit(self, resume: bool = True) -> TrainResult:
         if resume:
             self.resume_if_possible()
+        if self.hooks.on_start is not None:
+            self.hooks.on_start(self.run_info())
         result = TrainResult(status="completed", epochs_done=self.epoch)
         for epoch in range(self.epoch, self.spec.epochs):
             stage = stage_at(self.spec.smoothing, epoch)
@@ -438,13 +548,13 @@ def train(
 
 
 def evaluate_checkpoint(path: Path, data_root: Path, sha256: str | None = None) -> dict[str, float]:
-    """Rebuild the model in a checkpoint and measure it on its data set's test split."""
+    """Rebuild the model in a checkpoint and measure it on its data set's val and test splits."""
     state = load_verified(path, sha256)
-    spec = RunSpec.model_validate_json(state["spec"])
+    spec = RunSpec.model_validate(upgrade_stored_spec(json.loads(state["spec"])))
     device = resolve_device(spec.device)
     data = load_data(spec.data, data_root, device)
     model = build_model(spec.model, state["num_classes"], state["in_channels"])
     model.load_state_dict(state["model"])
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model.to(device).to(memory_format=memory_format)
-    return evaluate_model(model, data.test, spec, device, resolve_autocast_dtype(spec.precision, device))
+    return evaluate_splits(model, data, spec, device, resolve_autocast_dtype(spec.precision, device))

@@ -21,7 +21,8 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == "queued", Job.cancel_requested.is_(False))
+        # A held job is not to run yet, even if a stray message for it arrives.
+        .where(Job.id == job_id, Job.state == "queued", Job.cancel_requested.is_(False), Job.held.is_(False))
         .values(
             state="running",
             lease_owner=worker_id,
@@ -178,9 +179,25 @@ def reap_expired_leases(session: Session) -> Reaped:
     return reaped
 
 
+def record_provenance(session: Session, job_id: str, provenance: dict[str, Any]) -> None:
+    """What trained the job (the worker's RunInfo and source commit); the latest attempt's wins."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(provenance=provenance)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def unsent_job_ids(session: Session, limit: int = 100) -> list[str]:
-    """Queued jobs whose id is not on the queue (new ones whose enqueue failed, or reaped)."""
-    query = select(Job.id).where(Job.state == "queued", Job.enqueued_at.is_(None)).order_by(Job.created_at)
+    """Queued jobs whose id is not on the queue (new ones whose enqueue failed, or reaped); held
+    jobs wait for their experiment's scheduler (tsla_service/experiments.py), not for this."""
+    query = (
+        select(Job.id)
+        .where(Job.state == "queued", Job.enqueued_at.is_(None), Job.held.is_(False))
+        .order_by(Job.created_at)
+    )
     return list(session.scalars(query.limit(limit)))
 
 

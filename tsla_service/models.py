@@ -86,10 +86,61 @@ class Job(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A job of an experiment: the grid values that made it (after collapsing), the sha256 of its
+    # resolved spec (one job per spec and experiment), "cell" or "teacher", and its send order.
+    experiment_id: Mapped[str | None] = mapped_column(ForeignKey("experiments.id"), index=True)
+    cell: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    cell_key: Mapped[str | None] = mapped_column(String(64))
+    role: Mapped[str | None] = mapped_column(String(16))
+    position: Mapped[int | None] = mapped_column(Integer)
+    # Queued but not to be sent yet: waiting for its teacher or for a slot of its experiment's
+    # max_concurrent (tsla_service/experiments.py releases it).
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # What trained it, recorded by the worker when training starts (versions, device, data, commit).
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        # A unique index rather than a constraint: SQLite adds it without rebuilding `jobs`.
+        Index("uq_jobs_experiment_cell_key", "experiment_id", "cell_key", unique=True),
+    )
+
+
+class Experiment(Base):
+    """A base spec and a grid over it; its cells are jobs (`Job.experiment_id`), made by the same
+    submission code as any job. The row groups them and holds the objective and the schedule."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)  # as given: a preset and overrides
+    grid: Mapped[dict[str, list[Any]]] = mapped_column(JSON)  # {dotted key: [values]}, in given order
+    # As given: null, {"job": id}, {"cell": {...grid values...}} or {"spec": raw spec}.
+    teacher: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    teacher_job_id: Mapped[str | None] = mapped_column(String(32))  # the job "-pre" cells learn from
+    objective_metric: Mapped[str] = mapped_column(String(64), default="test/top1", server_default="test/top1")
+    objective_mode: Mapped[str] = mapped_column(String(8), default="max", server_default="max")
+    max_concurrent: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    order: Mapped[str] = mapped_column(String(16), default="shuffled", server_default="shuffled")
+    canceled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Combinations of the grid that run as another cell: [{"cell": {...}, "same_as": {...}}].
+    collapsed: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    create_response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), server_default=func.now(), default=utcnow, onupdate=utcnow
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # when every job has finished
+
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_experiments_owner_idempotency_key"),
+        Index("ix_experiments_owner_created", "owner", "created_at", "id"),
     )
 
 
@@ -184,3 +235,39 @@ class LogLine(Base):
     time: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
 
     __table_args__ = (Index("ix_logs_job_seq", "job_id", "seq"), {"sqlite_autoincrement": True})
+
+
+class MetricSummary(Base):
+    """Per job and metric (`split/name`): the last, highest and lowest values, kept by
+    `results.record_metrics` (tsla_service/summaries.py) so that experiment tables read one row
+    per job and metric instead of the job's history."""
+
+    __tablename__ = "metric_summaries"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(8), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_epoch: Mapped[int] = mapped_column(Integer)
+    last_value: Mapped[float | None] = mapped_column(Float)  # null: the last value is not finite
+    max_value: Mapped[float | None] = mapped_column(Float)  # of the finite values; null: none
+    max_epoch: Mapped[int | None] = mapped_column(Integer)  # the newest epoch with max_value
+    min_value: Mapped[float | None] = mapped_column(Float)
+    min_epoch: Mapped[int | None] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)  # rows, non-finite ones included
+
+
+class MetricRecord(Base):
+    """A new running maximum of a job's metric: an epoch whose finite value beat every earlier
+    one (kept with the summary). Epochs and values both rise along a metric's records, so the
+    first epoch reaching a target is the record with the lowest value at or above it: one probe
+    of the (job, metric, value) index, however many records there are."""
+
+    __tablename__ = "metric_records"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(8), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_metric_records_job_id_split_name_value", "job_id", "split", "name", "value"),)

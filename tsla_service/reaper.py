@@ -2,9 +2,11 @@
 every API process, so jobs are recovered even while no worker runs.
 
 Every `lease_seconds / 2` it moves running jobs with an expired lease back to `queued` (or to
-`failed` when their attempts are spent) and sends the ids of queued jobs that are not on the
-queue. Several reapers may run at once: each change is a conditional UPDATE, and a job id sent
-twice is harmless because only one delivery can claim it.
+`failed` when their attempts are spent), sends the ids of queued jobs that are not on the queue,
+and schedules every experiment with held jobs (or with nothing left to run), so that an
+experiment moves on even when the worker that should have scheduled it was lost. Several
+reapers may run at once: each change is a conditional UPDATE or runs in the owner's submission
+lock, and a job id sent twice is harmless because only one delivery can claim it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 
 from celery import Celery
 
-from tsla_service import jobs
+from tsla_service import experiments, jobs
 from tsla_service.db import session_factory
 from tsla_service.queue import send_job
 from tsla_service.settings import Settings
@@ -31,6 +33,8 @@ def reap_once(settings: Settings, app: Celery) -> jobs.Reaped:
             log.warning("job %s: worker lost and no attempts left, failed", job_id)
         for job_id in jobs.unsent_job_ids(session):
             send_job(app, session, job_id)
+        for experiment_id in experiments.experiments_to_schedule(session):
+            experiments.schedule(session, app, settings, experiment_id)
     return reaped
 
 

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     events_poll_seconds: float = Field(1.0, gt=0)
     events_ping_seconds: float = Field(15.0, gt=0)
     max_active_jobs_per_token: int = Field(20, gt=0, description="queued + running jobs per token (429)")
+    # The source commit for jobs' provenance where the worker's code is not a git checkout.
+    git_commit: str | None = Field(None, description="source commit of an installed package (provenance)")
+    # Checked on the grid's product size before it is expanded (422 beyond).
+    max_experiment_cells: int = Field(500, gt=0, description="cells one experiment's grid may have")
     # What one job may need, by tsla_spec/resources.py's estimate (422 beyond). The defaults admit
     # the paper's presets: cifar100-resnet18 holds 1.8e8 bytes of data, imagenet-resnet50 has
     # 2.6e7 parameters and keeps about 2.3e10 bytes of activations per batch of 256.

@@ -2,8 +2,9 @@
 
 validate the spec -> lock the caller's token row -> replay a retried Idempotency-Key -> check the
 job can run here (data set, teacher) -> check the caller's active-job cap -> insert the row with
-its response -> commit -> send the id. The API's `POST /jobs` calls it; anything else that
-creates jobs must call it too.
+its response -> commit -> send the id. The API's `POST /jobs` calls `submit_job`; experiments
+(tsla_service/experiments.py) run the same pieces through `in_submission` and `insert_jobs`, for
+many rows at once. Anything else that creates jobs must use them too.
 
 The lock makes the cap and the idempotent insert atomic: it is an UPDATE of the caller's token
 row, the first statement of the transaction, so one token's submissions run one at a time on
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tsla_service.models import ApiToken, Job, utcnow
+from tsla_service.models import ApiToken, Experiment, Job, utcnow
 from tsla_service.queue import send_job
 from tsla_service.settings import Settings
 from tsla_spec.datasets import DATASETS
@@ -44,6 +45,11 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key came with another request, or its first request is still in flight (409)."""
 
 
+def fingerprint(fields: Mapping[str, Any]) -> str:
+    """sha256 of a request's fields, to tell a retry (same request) from a reused key."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """What a caller asks for: a raw spec (validated here), a name and a retry policy."""
@@ -55,13 +61,23 @@ class JobRequest:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the request, to tell a retry (same request) from a reused key."""
-        fields = {"spec": self.raw_spec, "name": self.name, "max_attempts": self.max_attempts}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+        return fingerprint({"spec": self.raw_spec, "name": self.name, "max_attempts": self.max_attempts})
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """Where a retried request finds its first response: the table that stores it (jobs or
+    experiments), the caller's key (None: not given) and the request's fingerprint."""
+
+    table: type[Job] | type[Experiment]
+    key: str | None
+    fingerprint: str
 
 
 # Renders the stored job as the response body the caller gets (and a retry gets again).
 Render = Callable[[Job], dict[str, Any]]
+# Inserts rows inside the submission lock; returns the response and the job ids to send after commit.
+Store = Callable[[], tuple[dict[str, Any], list[str]]]
 
 
 def submit_job(
@@ -69,18 +85,34 @@ def submit_job(
 ) -> dict[str, Any]:
     """Store and enqueue the job; returns its response body (the first one, for a retried key)."""
     spec = build_spec(request.raw_spec)
-    try:
-        lock_submissions(session, owner)
-        replayed = replay(session, owner, request)
-        if replayed is not None:
-            session.rollback()
-            return replayed
+
+    def store() -> tuple[dict[str, Any], list[str]]:
         teacher_job_id = check_runnable(session, settings, spec, owner)
         check_active_cap(session, settings, owner)
         job = new_job_row(spec, owner, request, teacher_job_id)
-        session.add(job)
-        session.flush()  # fills in the id and timestamps the response shows
+        insert_jobs(session, [job])  # fills in the id and timestamps the response shows
         job.create_response = render(job)
+        return job.create_response, [job.id]
+
+    idempotency = Idempotency(Job, request.idempotency_key, request.fingerprint)
+    response, to_send = in_submission(session, owner, idempotency, store)
+    for job_id in to_send:
+        send_job(queue, session, job_id)
+    return response
+
+
+def in_submission(
+    session: Session, owner: str, idempotency: Idempotency, store: Store
+) -> tuple[dict[str, Any], list[str]]:
+    """Run `store` in `owner`'s submission lock and commit: (response, job ids to send). A retried
+    Idempotency-Key gets its first response instead, and nothing to send."""
+    try:
+        lock_submissions(session, owner)
+        replayed = replay(session, owner, idempotency)
+        if replayed is not None:
+            session.rollback()
+            return replayed, []
+        response, to_send = store()
         session.commit()
     except IntegrityError:  # a duplicate key that the lock did not order (not expected)
         session.rollback()
@@ -88,8 +120,7 @@ def submit_job(
     except BaseException:
         session.rollback()
         raise
-    send_job(queue, session, job.id)
-    return job.create_response
+    return response, to_send
 
 
 def lock_submissions(session: Session, owner: str) -> None:
@@ -103,22 +134,34 @@ def lock_submissions(session: Session, owner: str) -> None:
     )
 
 
-def replay(session: Session, owner: str, request: JobRequest) -> dict[str, Any] | None:
+def replay(session: Session, owner: str, idempotency: Idempotency) -> dict[str, Any] | None:
     """The first response to this Idempotency-Key, None when the key is new (or not given)."""
-    if request.idempotency_key is None:
+    if idempotency.key is None:
         return None
-    existing = session.scalar(
-        select(Job).where(Job.owner == owner, Job.idempotency_key == request.idempotency_key)
-    )
+    table = idempotency.table
+    existing = session.execute(
+        select(table.request_hash, table.create_response).where(
+            table.owner == owner, table.idempotency_key == idempotency.key
+        )
+    ).first()
     if existing is None:
         return None
-    if existing.request_hash != request.fingerprint:
+    if existing.request_hash != idempotency.fingerprint:
         raise IdempotencyConflict("Idempotency-Key was used before with a different request body")
     return existing.create_response
 
 
-def check_runnable(session: Session, settings: Settings, spec: RunSpec, owner: str) -> str | None:
-    """Refuse what would only fail later on a worker; returns the teacher job id, if any."""
+def insert_jobs(session: Session, rows: Sequence[Job]) -> None:
+    """Add job rows to the submission's transaction; the flush fills in ids and timestamps."""
+    session.add_all(rows)
+    session.flush()
+
+
+def check_runnable(
+    session: Session, settings: Settings, spec: RunSpec, owner: str, experiment_id: str | None = None
+) -> str | None:
+    """Refuse what would only fail later on a worker; returns the teacher job id, if any. Inside
+    experiment `experiment_id`, the teacher may be one of its own jobs that has not finished yet."""
     check_resources(settings, spec)
     problem = DATASETS[spec.data.name].problem(settings.data_root)
     if problem is not None:
@@ -131,19 +174,29 @@ def check_runnable(session: Session, settings: Settings, spec: RunSpec, owner: s
             "smoothing.teacher.path: the service takes no file paths; name a finished job with teacher.job"
         )
     assert teacher.job is not None
-    teacher_job = session.get(Job, teacher.job)
+    return check_teacher(session, teacher.job, owner, spec.data.name, experiment_id).id
+
+
+def check_teacher(
+    session: Session, teacher_job_id: str, owner: str, dataset: str, experiment_id: str | None = None
+) -> Job:
+    """The teacher job, if `owner` may learn from it on `dataset`: a succeeded job of the owner's,
+    or, inside experiment `experiment_id`, one of its own jobs still to run."""
+    teacher_job = session.get(Job, teacher_job_id)
     if teacher_job is None or teacher_job.owner != owner:
-        raise SpecError(f"smoothing.teacher.job: job {teacher.job} does not exist")
-    if teacher_job.state != "succeeded":
+        raise SpecError(f"smoothing.teacher.job: job {teacher_job_id} does not exist")
+    # The experiment holds its dependents until its own teacher succeeds (experiments.schedule).
+    in_experiment = experiment_id is not None and teacher_job.experiment_id == experiment_id
+    if teacher_job.state != "succeeded" and not (in_experiment and teacher_job.state in ACTIVE_STATES):
+        state = teacher_job.state
         raise SpecError(
-            f"smoothing.teacher.job: job {teacher.job} is {teacher_job.state}; only a succeeded job can teach"
+            f"smoothing.teacher.job: job {teacher_job_id} is {state}; only a succeeded job can teach"
         )
-    if teacher_job.dataset != spec.data.name:
+    if teacher_job.dataset != dataset:
         raise SpecError(
-            f"smoothing.teacher.job: job {teacher.job} was trained on {teacher_job.dataset}, "
-            f"not {spec.data.name}"
+            f"smoothing.teacher.job: job {teacher_job_id} was trained on {teacher_job.dataset}, not {dataset}"
         )
-    return teacher_job.id
+    return teacher_job
 
 
 def check_resources(settings: Settings, spec: RunSpec) -> None:
@@ -164,6 +217,7 @@ def check_resources(settings: Settings, spec: RunSpec) -> None:
 
 
 def check_active_cap(session: Session, settings: Settings, owner: str) -> None:
+    """Every queued job counts, an experiment's held ones included: they are the token's work too."""
     active = session.scalar(
         select(func.count()).select_from(Job).where(Job.owner == owner, Job.state.in_(ACTIVE_STATES))
     )

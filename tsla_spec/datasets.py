@@ -1,7 +1,7 @@
 """The server-side registry of named data sets: a job names one, never a filesystem path.
 
 The API lists these and refuses a job whose data set is not installed on this server, before
-any worker tries; the core reads the same locations (tsla_core/data.py).
+any worker tries; the core reads the same locations (tsla_core/batches.py).
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ class DatasetInfo:
     num_test: int | None = None
     # Read from disk batch by batch (a DataLoader) instead of held on the device as uint8.
     streamed: bool = False
+    # The default `data.val_fraction`: 0 where the test split is the only held-out data we need
+    # (synthetic benchmarks) or where the set's own validation folder serves as the test split.
+    val_fraction: float = 0.1
+    # Revision of this entry, recorded with every run (tsla_spec.records.DatasetIdentity): bumped
+    # when what the core reads under this name changes (another file layout, another fixed split).
+    version: str = "1"
 
     def location(self, data_root: Path) -> Path | None:
         """Where the data is read from on this server, or None for package data."""
@@ -92,7 +98,10 @@ DATASETS: dict[str, DatasetInfo] = {
             num_train=1_281_167,  # ImageNet-1k
             num_test=50_000,
             streamed=True,
+            val_fraction=0.0,  # imagenet/val is the test split; a validation split is opt-in
         ),
-        DatasetInfo("synthetic", "generated class templates plus noise, for benchmarks", None, None),
+        DatasetInfo(
+            "synthetic", "generated class templates plus noise, for benchmarks", None, None, val_fraction=0.0
+        ),
     )
 }

@@ -36,3 +36,30 @@ class CheckpointRecord:
     sha256: str
     size: int
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """Which data a run trained on: enough to tell two runs' data apart, or show it is the same."""
+
+    name: str
+    description: str  # the registry's (tsla_spec.datasets)
+    version: str  # the registry entry's revision
+    # Of the data as read, before the subset and validation split (which the spec defines):
+    # tensor sets hash their train and test arrays; an ImageFolder tree its sorted file list and sizes.
+    sha256: str
+    num_train: int  # examples trained on (after the subset and the validation split)
+    num_val: int
+    num_test: int
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where a run trained (software, device, data), reported once when training starts."""
+
+    torch_version: str
+    torchvision_version: str
+    tsla_version: str
+    device: str  # "cuda:0", "cpu"
+    device_name: str  # "NVIDIA H200", the CPU model
+    dataset: DatasetIdentity

@@ -2,8 +2,9 @@
 a job it cannot hold before any worker tries.
 
 - Data bytes on the device: tensor data sets live on the training device as uint8 images plus
-  int64 labels, train and test split (tsla_core/batches.py); a streamed set (ImageNet) holds
-  only the batch in flight, counted as 0.
+  int64 labels, train (with the validation split held out of it) and test split
+  (tsla_core/batches.py); `data.train_subset`, when given, is the training split's size. A
+  streamed set (ImageNet) holds only the batch in flight, counted as 0.
 - Parameters: counted exactly for tsla_core.models.ResNet (tests/core/test_resources.py checks
   the count against the built model).
 - Activation bytes of one training batch, a rough upper estimate: every convolution's output
@@ -67,19 +68,20 @@ class ResourceEstimate:
 
 
 def data_shape(spec: DataSpec) -> DataShape:
-    """The registry's shape and counts of a named data set, or the synthetic spec's."""
+    """The registry's shape and counts of a named data set, or the synthetic spec's; the training
+    count is the subset's when the spec asks for one."""
     if spec.name == "synthetic":
         s = spec.synthetic
+        train = spec.train_subset or s.num_train
         return DataShape(
-            "synthetic", s.channels, s.image_size, s.image_size, s.num_train, s.num_test, s.num_classes, False
+            "synthetic", s.channels, s.image_size, s.image_size, train, s.num_test, s.num_classes, False
         )
     info = DATASETS[spec.name]
     assert info.image_shape is not None and info.num_train is not None and info.num_test is not None
     channels, height, width = info.image_shape
     classes = info.num_classes or FOLDER_CLASSES
-    return DataShape(
-        info.name, channels, height, width, info.num_train, info.num_test, classes, info.streamed
-    )
+    train = spec.train_subset or info.num_train
+    return DataShape(info.name, channels, height, width, train, info.num_test, classes, info.streamed)
 
 
 @dataclass

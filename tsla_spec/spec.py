@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from tsla_spec.datasets import DATASETS
 from tsla_spec.presets import PRESETS
 from tsla_spec.vocabulary import TEACHER_METHODS, TWO_STAGE_METHODS, Method
 
@@ -78,6 +79,43 @@ class DataSpec(StrictModel):
     # Loader processes for folder data sets (ImageNet); tensor data sets live on the device.
     num_workers: int = Field(0, ge=0, le=32)
     synthetic: SyntheticSpec = SyntheticSpec()
+    # Share of the training examples held out as the validation split, which selection (the best
+    # checkpoint, a teacher) reads instead of the test split. None: the data set's default.
+    val_fraction: float | None = Field(None, ge=0, le=0.5)
+    # Seeds the subset, the validation split and the exact probe's batch. Not the run's `seed`:
+    # every run of an experiment (each seed of a grid) trains and selects on the same examples.
+    split_seed: int = Field(0, ge=0, le=2**31 - 1)
+    # Train on this many training examples (stratified by class, drawn before the validation split).
+    train_subset: int | None = Field(None, ge=2, le=10_000_000)
+
+    def resolved_val_fraction(self) -> float:
+        """`val_fraction`, or the registry's default for this data set."""
+        if self.val_fraction is not None:
+            return self.val_fraction
+        return DATASETS[self.name].val_fraction
+
+    @model_validator(mode="after")
+    def _subset_fits(self) -> DataSpec:
+        if self.train_subset is None:
+            return self
+        classes: int | None
+        available: int | None
+        if self.name == "synthetic":
+            classes, available = self.synthetic.num_classes, self.synthetic.num_train
+        else:  # the registry's counts; an ImageFolder tree's are known only once it is read
+            info = DATASETS[self.name]
+            classes, available = info.num_classes, None if info.streamed else info.num_train
+        if classes is not None and self.train_subset < classes:
+            raise ValueError(
+                f"data.train_subset ({self.train_subset}) must be at least the number of classes "
+                f"({classes}): every class keeps a training example"
+            )
+        if available is not None and self.train_subset > available:
+            raise ValueError(
+                f"data.train_subset ({self.train_subset}) is more than the {available:,} training "
+                f"examples of {self.name}"
+            )
+        return self
 
 
 class ModelSpec(StrictModel):
@@ -156,10 +194,15 @@ class CheckpointSpec(StrictModel):
 
 
 class GradVarianceSpec(StrictModel):
-    """The gradient-variance probe (see tsla_core.loop); probing costs ~1 extra backward pass."""
+    """The gradient-variance probe (tsla_core/probes.py). "split" costs one extra backward pass per
+    probe and is biased under batch norm; "exact" takes per-example gradients of a fixed batch."""
 
     enabled: bool = True
-    every_steps: int = Field(20, ge=1, le=100_000)
+    mode: Literal["split", "exact"] = "split"
+    # Probes per epoch, evenly spaced over its steps (at most one per step).
+    probes_per_epoch: int = Field(4, ge=1, le=100_000)
+    # "exact": examples in the fixed probe batch, drawn once from the training split (data.split_seed).
+    exact_examples: int = Field(256, ge=2, le=4096)
 
 
 class RunSpec(StrictModel):
@@ -288,3 +331,17 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"{path} must hold a mapping of spec fields at the top level")
     return data
+
+
+def upgrade_stored_spec(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved spec stored by an earlier version (a job row, a checkpoint), in today's fields
+    with its old meaning: `grad_variance.every_steps` (replaced by probes_per_epoch) is dropped,
+    and a spec from before validation splits trains on all its training data (val_fraction 0)."""
+    spec = json.loads(json.dumps(stored))  # a deep copy of plain JSON data
+    grad_variance = spec.get("grad_variance")
+    if isinstance(grad_variance, dict) and "every_steps" in grad_variance:
+        grad_variance.pop("every_steps")
+        data = spec.setdefault("data", {})
+        if isinstance(data, dict):
+            data.setdefault("val_fraction", 0.0)
+    return spec

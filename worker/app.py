@@ -30,7 +30,7 @@ def create_app(settings: Settings) -> Celery:
 
     @app.task(name=TRAIN_TASK)
     def train_job(job_id: str) -> str:
-        return run_job(job_id, settings)
+        return run_job(job_id, settings, app)
 
     reaper = Reaper(settings, app)
     threads: list[Beater | Reaper] = [reaper]

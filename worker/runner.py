@@ -7,23 +7,32 @@ never queried on the training hot path.
 How an attempt ends: a divergence, a missing data set or a bad teacher is the job's own error
 (`failed` with the reason, not retried); checkpoint storage that fails after the core's retries
 is the infrastructure's (`jobs.release_job`: re-queued while attempts remain, then `failed` with
-the reason); anything else fails the job with a one-line reason that never quotes SQL.
+the reason); anything else fails the job with a one-line reason that never quotes SQL. Once the
+end is recorded, a job of an experiment lets its experiment move on (`experiments.schedule`:
+a freed slot, a teacher that succeeded or failed).
+
+When training starts the job's `provenance` is recorded: the core's RunInfo (versions, device,
+data set identity) and the git commit of the worker's code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
+import subprocess
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from celery import Celery
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,12 +45,13 @@ from tsla_core.checkpoint import (
 )
 from tsla_core.loop import DivergedError
 from tsla_core.readers import DatasetError
-from tsla_service import events, jobs, results
+from tsla_service import events, experiments, jobs, results
 from tsla_service.db import session_factory
 from tsla_service.models import Job
 from tsla_service.settings import Settings
 from tsla_service.storage import Storage
-from tsla_spec.spec import RunSpec
+from tsla_spec.records import RunInfo
+from tsla_spec.spec import RunSpec, upgrade_stored_spec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,6 +100,31 @@ def describe(error: BaseException) -> str:
         error = error.orig
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+@lru_cache(maxsize=1)
+def checkout_commit() -> str | None:
+    """`git rev-parse HEAD` of the folder holding the worker package, if that is a git checkout
+    (an installed package is not: then TSLA_GIT_COMMIT says it). Read once per process."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None
+
+
+def provenance(info: RunInfo, settings: Settings) -> dict[str, Any]:
+    """What the job's `provenance` column holds: the core's RunInfo and the source commit."""
+    return {**dataclasses.asdict(info), "git_commit": checkout_commit() or settings.git_commit}
 
 
 def new_worker_id() -> str:
@@ -162,6 +197,8 @@ class JobRun:
     attempt: int
     spec: RunSpec
     storage: Storage
+    experiment_id: str | None = None
+    queue: Celery | None = None  # sends what the experiment's scheduler releases
 
     def write(self, action: Callable[[Session], T], what: str) -> T:
         """Run `action` in a fresh session, retrying through database restarts."""
@@ -221,6 +258,12 @@ class JobRun:
             self.log(f"checkpoint {name} marked corrupt, no longer offered: {skipped.reason}", "warning")
             events.notify(self.settings.events_url, self.job_id, "checkpoint")
 
+    def on_start(self, info: RunInfo) -> None:
+        record = provenance(info, self.settings)
+        self.write(
+            lambda session: jobs.record_provenance(session, self.job_id, record), "recording the provenance"
+        )
+
     def hooks(self, heartbeat: Heartbeat) -> Hooks:
         return Hooks(
             on_metrics=self.on_metrics,
@@ -228,7 +271,22 @@ class JobRun:
             should_stop=heartbeat.stop.is_set,
             on_log=self.log,
             on_skipped_checkpoint=self.on_skipped_checkpoint,
+            on_start=self.on_start,
         )
+
+    def schedule_experiment(self) -> None:
+        """After the end is recorded: the experiment may send its next job (a freed slot) or fail
+        the dependents of a teacher that did not succeed. A failure here is the reaper's to retry."""
+        experiment_id, queue = self.experiment_id, self.queue
+        if experiment_id is None or queue is None:
+            return
+        try:
+            self.write(
+                lambda session: experiments.schedule(session, queue, self.settings, experiment_id),
+                f"scheduling experiment {experiment_id}",
+            )
+        except Exception:
+            log.exception("scheduling experiment %s failed; the reaper will", experiment_id)
 
     def finish(self, state: str, error: str | None = None) -> str:
         """Record the attempt's end (if this worker still holds the job); what happened, for the task log."""
@@ -238,6 +296,8 @@ class JobRun:
         )
         events.notify(self.settings.events_url, self.job_id, "state")
         self.log(f"attempt {self.attempt} ended: {state}" + (f" ({error})" if error else ""))
+        if recorded:
+            self.schedule_experiment()
         return state if recorded else f"{state} (not recorded: lease lost)"
 
     def release(self, reason: str) -> str:
@@ -248,6 +308,8 @@ class JobRun:
         )
         events.notify(self.settings.events_url, self.job_id, "state")
         self.log(f"attempt {self.attempt} ended: {state or 'lease lost'} ({reason})", level="warning")
+        if state is not None:
+            self.schedule_experiment()
         return state or "lease lost"
 
 
@@ -278,31 +340,38 @@ def prepare_run_dir(settings: Settings, storage: Storage, job_id: str) -> Path:
     return run_dir
 
 
-def claim(settings: Settings, sessions: sessionmaker[Session], job_id: str, worker_id: str) -> JobRun | None:
+def claim(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    job_id: str,
+    worker_id: str,
+    queue: Celery | None = None,
+) -> JobRun | None:
     """Win the job for this worker; None for a duplicate delivery, a canceled job or another's."""
 
-    def take() -> tuple[RunSpec, int] | None:
+    def take() -> tuple[RunSpec, int, str | None] | None:
         with sessions() as session:
             if not jobs.claim_job(session, job_id, worker_id, settings.lease_seconds):
                 return None
             job = session.get(Job, job_id)
             assert job is not None
-            return RunSpec.model_validate(job.spec), job.attempt
+            return RunSpec.model_validate(upgrade_stored_spec(job.spec)), job.attempt, job.experiment_id
 
     claimed = with_retries(take, f"claiming job {job_id}")
     if claimed is None:
         return None
-    spec, attempt = claimed
+    spec, attempt, experiment_id = claimed
     events.notify(settings.events_url, job_id, "state")
     storage = Storage(settings.resolved_storage_url)
-    return JobRun(settings, sessions, job_id, worker_id, attempt, spec, storage)
+    return JobRun(settings, sessions, job_id, worker_id, attempt, spec, storage, experiment_id, queue)
 
 
-def run_job(job_id: str, settings: Settings) -> str:
-    """Train job `job_id` if this worker wins it; returns what happened, for the task log."""
+def run_job(job_id: str, settings: Settings, queue: Celery | None = None) -> str:
+    """Train job `job_id` if this worker wins it; returns what happened, for the task log. With
+    `queue` (the worker's Celery app), a job of an experiment lets it send its next jobs."""
     sessions = session_factory(settings.resolved_database_url)
     worker_id = new_worker_id()
-    run = claim(settings, sessions, job_id, worker_id)
+    run = claim(settings, sessions, job_id, worker_id, queue)
     if run is None:
         return "not claimed"
     heartbeat = Heartbeat(settings, sessions, job_id, worker_id)

@@ -305,7 +305,12 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
     ("gamma-string", spec(schedule={"gamma": "0.1"}), 422, "schedule.gamma"),
     ("every-string", spec(checkpoint={"every": "1"}), 422, "checkpoint.every"),
     ("probe-string", spec(grad_variance={"enabled": "true"}), 422, "grad_variance.enabled"),
-    ("probe-steps-string", spec(grad_variance={"every_steps": "20"}), 422, "grad_variance.every_steps"),
+    (
+        "probe-steps-string",
+        spec(grad_variance={"probes_per_epoch": "4"}),
+        422,
+        "grad_variance.probes_per_epoch",
+    ),
     (
         "synthetic-string",
         spec(data={"name": "synthetic", "synthetic": {"num_train": "10"}}),

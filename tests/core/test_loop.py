@@ -1,5 +1,5 @@
-"""The training loop on tiny synthetic data: stages, exact resume, checkpoints, stop, variance,
-divergence."""
+"""The training loop on tiny synthetic data: stages, the validation split and selection by it,
+exact resume, checkpoints, stop, provenance, divergence. The probes: test_probes.py."""
 
 import math
 import re
@@ -20,10 +20,21 @@ from tsla_core import (
     Trainer,
     train,
 )
-from tsla_core.loop import SpecMismatchError, first_nonfinite, lr_factor, split_gradient_variance
+from tsla_core.loop import SpecMismatchError, first_nonfinite, lr_factor, plain_ce_sum
+from tsla_spec.datasets import DATASETS
+from tsla_spec.records import RunInfo
 from tsla_spec.spec import RunSpec, ScheduleSpec, build_spec
 
 TIMING = {"images_per_s", "epoch_time"}
+# The tiny spec with a validation split: 48 of its 192 training images held out.
+WITH_VAL = {"name": "synthetic", "val_fraction": 0.25}
+
+
+def tiny_val_raw_spec(**overrides: object) -> dict:
+    raw = tiny_raw_spec(**overrides)
+    raw["data"] = {**raw["data"], **WITH_VAL}
+    raw["data"]["synthetic"] = {**raw["data"]["synthetic"], "num_train": 256}
+    return raw
 
 
 def collect(rows: list[MetricRow]) -> Hooks:
@@ -42,13 +53,116 @@ def test_stage_switches_exactly_at_switch_epoch(tmp_path: Path, tiny_spec: RunSp
     stages = {r.epoch: r.stage for r in rows}
     assert stages == {0: "smooth", 1: "smooth", 2: "onehot", 3: "onehot"}
     names = {(r.split, r.name) for r in rows if r.epoch == 0}
-    assert {
+    assert names == {
         ("train", "loss"),
+        ("train", "ce"),
+        ("train", "top1"),
         ("train", "grad_var"),
+        ("train", "grad_norm_sq"),
         ("train", "lr"),
+        ("train", "images_per_s"),
+        ("train", "epoch_time"),
+        ("test", "loss"),
         ("test", "top1"),
         ("test", "top5"),
-    } <= names
+    }  # synthetic data has no validation split by default
+
+
+def test_a_validation_split_is_evaluated_every_epoch_and_selects_the_best(tmp_path: Path) -> None:
+    """val/loss, val/top1 and val/top5 every epoch, in the checkpoints' .json too; the best
+    checkpoint is the highest val/top1 (the latest on ties), whatever the test split says."""
+    rows: list[MetricRow] = []
+    spec = build_spec(tiny_val_raw_spec(epochs=5, checkpoint={"keep_last": 5}))
+    result = train(spec, tmp_path, Path("unused"), collect(rows))
+    for epoch in range(5):
+        names = {r.key for r in rows if r.epoch == epoch}
+        assert {"val/loss", "val/top1", "val/top5", "test/top1"} <= names, epoch
+    val_top1 = {r.epoch: r.value for r in rows if r.key == "val/top1"}
+    best_epoch = max(reversed(range(5)), key=lambda e: val_top1[e])
+    assert result.best is not None and result.best.epoch == best_epoch
+    records = CheckpointStore(tmp_path / "checkpoints").records()
+    assert [r.metrics["val/top1"] for r in records] == [val_top1[e] for e in range(5)]
+    held_out = Trainer(spec, tmp_path / "again", Path("unused")).data.val
+    assert held_out is not None and len(held_out) == 64
+
+
+def test_best_is_chosen_by_validation_top1_never_by_test(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    by_epoch = [
+        {"val/top1": 50.0, "test/top1": 90.0},
+        {"val/top1": 70.0, "test/top1": 10.0},
+        {"val/top1": float("nan"), "test/top1": 99.0},
+        {"val/top1": 70.0, "test/top1": 20.0},
+    ]
+    for epoch, metrics in enumerate(by_epoch):
+        store.save({"model": {}}, epoch, False, metrics)
+    best = store.best()
+    assert best is not None and best.name == "epoch-0003"  # the latest of the two 70s
+    without_val = CheckpointStore(tmp_path / "no-val")
+    for epoch, top1 in enumerate([90.0, 10.0]):
+        without_val.save({"model": {}}, epoch, False, {"test/top1": top1})
+    best = without_val.best()
+    assert best is not None and best.name == "epoch-0001"  # nothing to select on: the latest
+
+
+def test_train_ce_is_the_plain_cross_entropy_of_the_training_batches(
+    tmp_path: Path, tiny_spec: RunSpec
+) -> None:
+    """train/ce equals train/loss after the switch (both one-hot); before it the loss is smoothed
+    and train/ce is F.cross_entropy of the same logits."""
+    rows: list[MetricRow] = []
+    train(tiny_spec, tmp_path, Path("unused"), collect(rows))
+    loss = {r.epoch: r.value for r in rows if r.key == "train/loss"}
+    ce = {r.epoch: r.value for r in rows if r.key == "train/ce"}
+    assert [ce[e] == loss[e] for e in range(4)] == [False, False, True, True]
+    logits = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(8) % 5
+    smoothed = F.cross_entropy(logits, labels, reduction="none", label_smoothing=0.2)
+    expected = F.cross_entropy(logits, labels, reduction="sum")
+    torch.testing.assert_close(plain_ce_sum(logits, labels, smoothed, "smooth"), expected)
+
+
+def test_an_epoch_reads_the_device_once(
+    tmp_path: Path, tiny_spec: RunSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch's sums (train/ce and the probes included) stay on the device until one read at the
+    end: a step that waited on the host would show here as a .item() or .tolist() call."""
+    trainer = Trainer(tiny_spec, tmp_path, Path("unused"))
+    reads: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: object, _name: str = name, _original=original) -> object:
+            reads.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    metrics = trainer.train_one_epoch(0, "smooth")
+    assert metrics is not None and "train/grad_var" in metrics and "train/ce" in metrics
+    assert reads == ["tolist"]
+
+
+def test_on_start_reports_versions_device_and_the_data_sets_identity(tmp_path: Path) -> None:
+    infos: list[RunInfo] = []
+    spec = build_spec(tiny_val_raw_spec(epochs=1, smoothing={"method": "lsr", "theta": 0.1}))
+    train(spec, tmp_path, Path("unused"), Hooks(on_start=infos.append))
+    assert len(infos) == 1
+    info = infos[0]
+    assert info.torch_version == torch.__version__ and info.device == "cpu" and info.device_name
+    assert info.tsla_version and info.torchvision_version
+    data = info.dataset
+    assert (data.name, data.version, data.num_train, data.num_val, data.num_test) == (
+        "synthetic",
+        "1",
+        192,
+        64,
+        64,
+    )
+    assert data.description == DATASETS["synthetic"].description and len(data.sha256) == 64
+    other = build_spec(tiny_val_raw_spec(epochs=1, seed=3, smoothing={"method": "baseline"}))  # same data
+    again: list[RunInfo] = []
+    train(other, tmp_path / "other", Path("unused"), Hooks(on_start=again.append))
+    assert again[0].dataset == data
 
 
 def train_losses(spec: RunSpec, out: Path) -> dict[int, float]:
@@ -106,7 +220,18 @@ def test_the_trainers_loss_is_plain_cross_entropy_after_the_switch(tiny_spec: Ru
     assert not torch.allclose(onehot, smooth)
 
 
-def test_exact_resume_gives_bit_identical_weights_and_metrics(tmp_path: Path, tiny_spec: RunSpec) -> None:
+RESUMED_SPECS = {
+    "plain": tiny_raw_spec(),
+    # The subset, the validation split and the exact probe's batch come from the spec alone.
+    "val-subset-exact": tiny_val_raw_spec(grad_variance={"mode": "exact", "exact_examples": 16}),
+}
+
+
+@pytest.mark.parametrize("raw", RESUMED_SPECS.values(), ids=RESUMED_SPECS.keys())
+def test_exact_resume_gives_bit_identical_weights_and_metrics(tmp_path: Path, raw: dict) -> None:
+    if raw["data"].get("val_fraction"):
+        raw = {**raw, "data": {**raw["data"], "train_subset": 240}}
+    tiny_spec = build_spec(raw)
     straight_rows: list[MetricRow] = []
     straight = Trainer(tiny_spec, tmp_path / "straight", Path("unused"), collect(straight_rows))
     straight.fit()
@@ -222,35 +347,6 @@ def test_lr_schedule_is_a_pure_function_of_the_epoch() -> None:
     assert lr_factor(cosine, 11, 11) == pytest.approx(0.0)
 
 
-def test_split_gradient_variance_estimates_the_per_sample_variance() -> None:
-    """Averaged over random splits, the estimator recovers E||g_i - g||^2 computed by brute force."""
-    torch.manual_seed(0)
-    n = 16
-    model = torch.nn.Linear(6, 3)
-    inputs, labels = torch.randn(n, 6), torch.randint(0, 3, (n,))
-    params = list(model.parameters())
-
-    per_sample = []
-    for i in range(n):
-        model.zero_grad()
-        torch.nn.functional.cross_entropy(model(inputs[i : i + 1]), labels[i : i + 1]).backward()
-        per_sample.append(torch.cat([p.grad.flatten() for p in params]))
-    grads = torch.stack(per_sample)
-    truth = (grads - grads.mean(0)).pow(2).sum(1).sum() / (n - 1)
-
-    estimates = []
-    for trial in range(400):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(trial))
-        model.zero_grad()
-        losses = torch.nn.functional.cross_entropy(model(inputs[order]), labels[order], reduction="none")
-        (losses[: n // 2].sum() / n).backward(retain_graph=True)
-        first_half = [p.grad.clone() for p in params]
-        (losses[n // 2 :].sum() / n).backward()
-        estimates.append(split_gradient_variance(params, first_half, n // 2, n).item())
-        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in params]), grads.mean(0))
-    assert sum(estimates) / len(estimates) == pytest.approx(truth.item(), rel=0.1)
-
-
 # --- divergence ---------------------------------------------------------------------------------
 
 
@@ -284,7 +380,7 @@ def test_on_nonfinite_continue_trains_on_and_records_the_values(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nan_loss_from_epoch(monkeypatch, first=1)
-    spec = build_spec(tiny_raw_spec(on_nonfinite="continue"))
+    spec = build_spec(tiny_val_raw_spec(on_nonfinite="continue"))
     rows: list[MetricRow] = []
     logs: list[str] = []
     result = train(spec, tmp_path, Path("unused"), Hooks(on_metrics=rows.extend, on_log=logs.append))
@@ -292,8 +388,8 @@ def test_on_nonfinite_continue_trains_on_and_records_the_values(
     loss = {r.epoch: r.value for r in rows if (r.split, r.name) == ("train", "loss")}
     assert [math.isnan(loss[e]) for e in range(4)] == [False, True, True, True]
     assert any("diverged: train/loss is NaN at epoch 1; training on" in m for m in logs), logs
-    # The best checkpoint is ranked by finite top-1 only.
-    assert result.best is not None and math.isfinite(result.best.metrics["test/top1"])
+    # The best checkpoint is ranked by finite validation top-1 only.
+    assert result.best is not None and math.isfinite(result.best.metrics["val/top1"])
 
 
 def test_a_diverging_learning_rate_fails_with_the_reason(tmp_path: Path) -> None:
@@ -307,8 +403,10 @@ def test_a_diverging_learning_rate_fails_with_the_reason(tmp_path: Path) -> None
     assert re.fullmatch(r"diverged: (train/loss|test/\w+) is (NaN|inf|-inf) at epoch \d", str(raised.value))
 
 
-def test_first_nonfinite_watches_the_train_loss_then_the_test_metrics() -> None:
+def test_first_nonfinite_watches_the_train_loss_then_the_val_then_the_test_metrics() -> None:
     assert first_nonfinite({"train/loss": 1.0, "test/loss": 2.0}) is None
+    found = first_nonfinite({"train/loss": 1.0, "test/loss": math.nan, "val/top1": math.inf})
+    assert found == ("val/top1", math.inf)
     assert first_nonfinite({"train/grad_var": math.inf, "train/loss": 1.0}) is None
     assert first_nonfinite({"train/loss": math.inf, "test/loss": math.nan}) == ("train/loss", math.inf)
     found = first_nonfinite({"train/loss": 1.0, "test/top1": 3.0, "test/loss": -math.inf})

@@ -99,6 +99,19 @@ def test_the_default_limits_refuse_huge_data_and_models() -> None:
     assert estimate_resources(build_spec({"preset": "imagenet-resnet50"})).data_bytes == 0  # streamed
 
 
+def test_a_training_subset_is_what_the_device_holds() -> None:
+    full = estimate_resources(build_spec({"preset": "fashion-mnist"}))
+    subset = estimate_resources(build_spec({"preset": "fashion-mnist", "data": {"train_subset": 6000}}))
+    per_image = 28 * 28 + 8  # uint8 pixels and an int64 label
+    assert full.data_bytes == (60_000 + 10_000) * per_image
+    assert subset.data_bytes == (6000 + 10_000) * per_image  # the validation split is carved from it
+    assert subset.data == "fashion-mnist (16,000 images of 1x28x28)"
+    synthetic = {"name": "synthetic", "synthetic": {"num_train": 4096}, "train_subset": 1000}
+    assert estimate_resources(build_spec({"preset": "digits", "data": synthetic})).data_bytes == (
+        (1000 + 1024) * (3 * 32 * 32 + 8)
+    )
+
+
 def test_short_numbers() -> None:
     assert [short_number(v) for v in (1.6e9, 2e8, 0, 123_456)] == ["1.6e9", "2.0e8", "0.0e0", "1.2e5"]
     assert set(PRESETS) >= {"cifar100-resnet18", "imagenet-resnet50"}

@@ -5,8 +5,20 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from tsla_core.loop import lr_factor
+from tsla_core.loss import stage_at
+from tsla_spec.datasets import DATASETS
 from tsla_spec.presets import PRESETS
-from tsla_spec.spec import DisplayName, RunSpec, SpecError, build_spec, load_spec_file, parse_override
+from tsla_spec.spec import (
+    DataSpec,
+    DisplayName,
+    RunSpec,
+    SpecError,
+    build_spec,
+    load_spec_file,
+    parse_override,
+    upgrade_stored_spec,
+)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -24,7 +36,12 @@ def test_cifar_preset_carries_the_paper_protocol() -> None:
         0.9,
         5e-4,
     )
-    assert spec.schedule.kind == "step"
+    assert (spec.schedule.kind, spec.schedule.milestones, spec.schedule.gamma) == (
+        "step",
+        (60, 120, 160),
+        0.2,
+    )
+    assert (spec.smoothing.method, spec.smoothing.theta, spec.smoothing.switch_epoch) == ("tsla", 0.2, 160)
     assert build_spec({"preset": "imagenet-resnet50"}).epochs == 90
 
 
@@ -76,6 +93,18 @@ def test_fields_override_the_preset_and_nested_fields_merge() -> None:
         ({"smoothing": {"method": "lsr-pre", "teacher": {"job": "a\u202eb"}}}, "printable"),
         ({"smoothing": {"method": "lsr-pre", "teacher": {"path": "a\nb"}}}, "printable"),
         ({"smoothing": {"method": "lsr-pre", "teacher": {"job": "a" * 65}}}, "at most 64 characters"),
+        # The validation split, the subset and the probe.
+        ({"data": {"val_fraction": 0.6}}, "data.val_fraction: Input should be less than or equal to 0.5"),
+        ({"data": {"val_fraction": -0.1}}, "data.val_fraction"),
+        ({"data": {"split_seed": -1}}, "data.split_seed"),
+        ({"data": {"train_subset": 9}}, r"train_subset \(9\) must be at least the number of classes \(10\)"),
+        ({"data": {"name": "cifar100", "train_subset": 50}}, "number of classes"),
+        ({"data": {"train_subset": 1438}}, "more than the 1,437 training examples of digits"),
+        ({"data": {"name": "synthetic", "synthetic": {"num_train": 100}, "train_subset": 101}}, "more than"),
+        ({"grad_variance": {"every_steps": 20}}, "grad_variance.every_steps: Extra inputs are not permitted"),
+        ({"grad_variance": {"mode": "both"}}, "grad_variance.mode"),
+        ({"grad_variance": {"probes_per_epoch": 0}}, "grad_variance.probes_per_epoch"),
+        ({"grad_variance": {"exact_examples": 1}}, "grad_variance.exact_examples"),
     ],
 )
 def test_bad_specs_are_explained(raw: dict, message: str) -> None:
@@ -148,3 +177,49 @@ def test_display_names_take_printable_text(name: str) -> None:
 def test_display_names_refuse_anything_else(name: str) -> None:
     with pytest.raises(ValidationError):
         Named(name=name)
+
+
+def test_the_validation_fraction_defaults_per_data_set() -> None:
+    defaults = {name: DataSpec(name=name).resolved_val_fraction() for name in DATASETS}  # type: ignore[arg-type]
+    assert defaults == {
+        "digits": 0.1,
+        "fashion-mnist": 0.1,
+        "cifar10": 0.1,
+        "cifar100": 0.1,
+        "imagenet": 0.0,  # its val folder is the test split
+        "synthetic": 0.0,
+    }
+    assert DataSpec(name="imagenet", val_fraction=0.05).resolved_val_fraction() == 0.05
+    assert DataSpec(name="digits", val_fraction=0).resolved_val_fraction() == 0
+    spec = build_spec({"preset": "fashion-mnist", "data": {"train_subset": 6000, "split_seed": 3}})
+    assert (spec.data.train_subset, spec.data.split_seed, spec.data.val_fraction) == (6000, 3, None)
+    probe = build_spec({"preset": "digits"}).grad_variance
+    assert (probe.enabled, probe.mode, probe.probes_per_epoch, probe.exact_examples) == (
+        True,
+        "split",
+        4,
+        256,
+    )
+
+
+@pytest.mark.parametrize("switch", [120, 130, 140, 150, 159, 160, 161, 170, 180, 199])
+def test_a_switch_grid_may_name_epochs_that_are_not_learning_rate_drops(switch: int) -> None:
+    """The paper sweeps the switch between 120 and 180 of 200 epochs; the lr drops at 60/120/160
+    only, and the switch changes the targets alone, at exactly that epoch."""
+    spec = build_spec({"preset": "cifar100-resnet18", "smoothing": {"switch_epoch": switch}})
+    assert spec.schedule.milestones == (60, 120, 160) and spec.smoothing.switch_epoch == switch
+    assert (stage_at(spec.smoothing, switch - 1), stage_at(spec.smoothing, switch)) == ("smooth", "onehot")
+    factors = [lr_factor(spec.schedule, spec.epochs, e) for e in (switch - 1, switch)]
+    assert factors[0] == factors[1] or switch in spec.schedule.milestones
+
+
+def test_a_spec_stored_by_an_earlier_version_loads_with_its_old_meaning() -> None:
+    """Job rows and checkpoints written before probes_per_epoch and validation splits."""
+    old = build_spec({"preset": "digits"}).model_dump(mode="json")
+    old["grad_variance"] = {"enabled": True, "every_steps": 20}
+    del old["data"]["val_fraction"]
+    upgraded = RunSpec.model_validate(upgrade_stored_spec(old))
+    assert upgraded.data.val_fraction == 0.0, "it trained on all its training data"
+    assert upgraded.grad_variance.enabled
+    today = build_spec({"preset": "digits"}).model_dump(mode="json")
+    assert upgrade_stored_spec(today) == today, "today's specs pass unchanged"

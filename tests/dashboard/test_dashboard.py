@@ -13,6 +13,7 @@ from PyPI (the dev extra). Playwright's own browser download (`playwright instal
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,12 +23,14 @@ from typing import Any
 import pytest
 
 from tests.integration._support import (
+    FINISHED,
     MAIN_EPOCHS,
     MAIN_SPEC,
     MAIN_SWITCH,
     REPO_ROOT,
     Service,
     embedded_stack,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -58,6 +61,16 @@ CHART_SERIES = {
     "accuracy": ["test top-1", "test top-5", "train top-1"],
     "lr": ["learning rate"],
     "gradvar": ["gradient variance"],
+}
+# The metric each series plots, as the API names it.
+SERIES_METRIC = {
+    "train loss": "train/loss",
+    "test loss": "test/loss",
+    "test top-1": "test/top1",
+    "test top-5": "test/top5",
+    "train top-1": "train/top1",
+    "learning rate": "train/lr",
+    "gradient variance": "train/grad_var",
 }
 
 
@@ -141,6 +154,49 @@ class PageProblems:
         assert failed == [], failed
 
 
+def plotted(page: Any, canvas_id: str) -> list[dict[str, Any]]:
+    """What a Chart.js canvas draws, read from `Chart.getChart(canvas).data`: per dataset its
+    label, role and group (experiment charts) and the points as [x, y]."""
+    datasets: list[dict[str, Any]] = page.evaluate(
+        """(id) => Chart.getChart(document.getElementById(id)).data.datasets.map((d) => ({
+            label: d.label, role: d.tslaRole || null, group: d.tslaGroup || null,
+            data: d.data.map((p) => [p.x, p.y]),
+        }))""",
+        canvas_id,
+    )
+    return datasets
+
+
+def metric_series(service: Service, job_id: str) -> dict[str, list[list[float]]]:
+    """Every metric of the job from GET /jobs/{id}/metrics as [epoch, value] by epoch (newest row wins)."""
+    by_metric: dict[str, dict[int, float]] = {}
+    params: dict[str, Any] = {"limit": 1000}
+    while True:
+        page = service.http.get(f"/jobs/{job_id}/metrics", params=params).json()
+        for row in sorted(page["items"], key=lambda item: item["seq"]):
+            by_metric.setdefault(f"{row['split']}/{row['name']}", {})[row["epoch"]] = row["value"]
+        if not page["has_more"]:
+            break
+        params["after"] = page["next_after"]
+    return {key: [[epoch, values[epoch]] for epoch in sorted(values)] for key, values in by_metric.items()}
+
+
+def assert_job_charts_match_the_api(page: Any, service: Service, job_id: str) -> None:
+    """Each series plots exactly the API's values of its own metric (a swapped series fails)."""
+    series = metric_series(service, job_id)
+    for key, labels in CHART_SERIES.items():
+        datasets = {d["label"]: d["data"] for d in plotted(page, f"chart-{key}")}
+        assert sorted(datasets) == sorted(labels), (key, datasets)
+        for label in labels:
+            expected = [point for point in series[SERIES_METRIC[label]] if key != "gradvar" or point[1] > 0]
+            assert_points(datasets[label], expected, (key, label))
+
+
+def assert_points(actual: list[list[float]], expected: list[list[float]], what: Any) -> None:
+    assert [x for x, _ in actual] == [x for x, _ in expected], what
+    assert [y for _, y in actual] == pytest.approx([y for _, y in expected], rel=1e-9, abs=1e-12), what
+
+
 def chart_summary(page: Any) -> dict[str, Any]:
     summary: dict[str, Any] = page.evaluate("() => window.tslaDashboard.summary()")
     return summary
@@ -203,6 +259,7 @@ def test_dashboard_shows_a_tsla_job(stack: Service, browser: Any) -> None:
     facts = page.inner_text("#job-facts")
     assert f"epoch {MAIN_SWITCH}" in facts and f"{MAIN_EPOCHS} / {MAIN_EPOCHS}" in facts
 
+    assert_job_charts_match_the_api(page, stack, job_id)
     summary = chart_summary(page)
     assert sorted(summary["charts"]) == sorted(CHART_SERIES)
     for key, labels in CHART_SERIES.items():
@@ -306,5 +363,99 @@ def test_dashboard_follows_a_running_job_live_and_cancels_it(stack: Service, bro
         assert note.inner_text() == f"Note: {final['error']}"
         assert note.get_attribute("class") == "alert alert-info"
     page.locator("#checkpoints-body .tag-partial").wait_for(state="visible")
+    problems.assert_none(page)
+    context.close()
+
+
+# A tiny experiment: baseline and TSLA(1) on digits, two seeds, two epochs each.
+EXPERIMENT: dict[str, Any] = {
+    "name": "dashboard-sweep",
+    "base": {"preset": "digits", "epochs": 2, "model": {"width": 4}, "batch_size": 256},
+    "grid": {"smoothing.method": ["baseline", "tsla"], "smoothing.switch_epoch": [1], "seed": [0, 1]},
+    "objective": {"metric": "test/top1", "mode": "max"},
+    "max_concurrent": 2,
+}
+EXPERIMENT_CHARTS = {"chart-exp-top1": "test/top1", "chart-exp-gradvar": "train/grad_var"}
+
+
+def finished_experiment(service: Service, body: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
+    created = service.http.post("/experiments", json=body)
+    assert created.status_code == 201, created.text
+    path = f"/experiments/{created.json()['id']}"
+
+    def probe() -> dict[str, Any] | None:
+        found: dict[str, Any] = service.http.get(path).json()
+        return found if found["state"] in FINISHED or found.get("finished_at") else None
+
+    return wait_for(probe, timeout, f"experiment {path} to finish", interval=1.0)
+
+
+def curve_points(service: Service, experiment_id: str, name: str) -> dict[str, list[dict[str, Any]]]:
+    """GET /experiments/{id}/curves: each group's points, keyed by the group's canonical JSON."""
+    answer = service.http.get(f"/experiments/{experiment_id}/curves", params={"name": name, "points": 200})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    groups = body.get("groups") or body.get("items") or []
+    return {json.dumps(g["group"], sort_keys=True): g["points"] for g in groups}
+
+
+def assert_experiment_charts_match_the_api(page: Any, service: Service, experiment_id: str) -> None:
+    """The mean line and the ± std band of every group are the API's curve values."""
+    for canvas, metric in EXPERIMENT_CHARTS.items():
+        expected = curve_points(service, experiment_id, metric)
+        datasets = plotted(page, canvas)
+        means = {json.dumps(d["group"], sort_keys=True): d for d in datasets if d["role"] == "mean"}
+        assert sorted(means) == sorted(expected), (canvas, list(means))
+        positive = metric == "train/grad_var"
+        for key, points in expected.items():
+            keep = [p for p in points if not positive or p["mean"] > 0]
+            assert_points(means[key]["data"], [[p["epoch"], p["mean"]] for p in keep], (canvas, key))
+            label = means[key]["label"]
+            upper = next(d for d in datasets if d["role"] == "upper" and d["label"] == f"{label} + std")
+            band = [[p["epoch"], p["mean"] + (p["std"] or 0)] for p in keep]
+            assert_points(upper["data"], band, (canvas, key, "upper"))
+
+
+def test_dashboard_shows_an_experiment(stack: Service, browser: Any) -> None:
+    experiment = finished_experiment(stack, EXPERIMENT)
+    experiment_id = experiment["id"]
+    api = stack.http.get(f"/experiments/{experiment_id}").json()
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    context.add_init_script(f"localStorage.setItem('tsla.token', {stack.token!r})")
+    page = context.new_page()
+    problems = PageProblems()
+    problems.watch(page)
+
+    page.goto(f"{stack.base_url}/#/experiments")
+    row = page.locator(f'#experiments-body tr[data-experiment-id="{experiment_id}"]')
+    row.wait_for(state="visible")
+    assert row.locator("td").first.inner_text() == "dashboard-sweep"
+    row.locator("td").nth(2).click()
+    page.wait_for_url(re.compile(rf"#/experiments/{experiment_id}$"))
+    page.wait_for_selector("#experiment-view[data-finished='true']")
+
+    # The results table: one row per group, its final mean ± std, the best group marked, job links.
+    rows = page.locator("#exp-table-body tr")
+    assert rows.count() == len(api["table"])
+    for index, expected in enumerate(api["table"]):
+        shown = rows.nth(index)
+        assert json.loads(shown.get_attribute("data-group")) == expected["group"]
+        final = expected["final"]
+        assert f"{final['mean']:.2f} ± {final['std']:.2f}" in shown.inner_text()
+        assert shown.get_attribute("data-best") == str(bool(expected.get("is_best"))).lower()
+        links = shown.locator("a").evaluate_all("(links) => links.map((a) => a.getAttribute('href'))")
+        assert links == [f"#/jobs/{job_id}" for job_id in expected["job_ids"]]
+    assert page.locator("#exp-table-body tr.best-row").count() == 1
+    assert page.locator("#exp-jobs-body tr").count() == len(api["jobs"])
+
+    assert_experiment_charts_match_the_api(page, stack, experiment_id)
+    lines = page.evaluate("() => Chart.getChart(document.getElementById('chart-exp-top1')).$tslaSwitchLines")
+    assert [line["epoch"] for line in lines] == [1], lines  # TSLA(1)'s switch, drawn on the chart
+    page.screenshot(path=str(ARTIFACTS / "dashboard-experiment.png"), full_page=True)
+
+    # A member job's link opens its page.
+    page.locator("#exp-jobs-body a").first.click()
+    page.wait_for_selector("#job-view[data-metrics-loaded='true']")
     problems.assert_none(page)
     context.close()

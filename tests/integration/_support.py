@@ -195,6 +195,13 @@ def check_metric_rows(
     return by_epoch
 
 
+def selected_test_top1(by_epoch: dict[int, dict[str, Any]]) -> float:
+    """test/top1 at the epoch with the highest val/top1, the newest on ties: what a job reports as
+    its `best_top1` (selection never looks at the test split)."""
+    best = max(by_epoch, key=lambda epoch: (by_epoch[epoch]["val/top1"]["value"], epoch))
+    return float(by_epoch[best]["test/top1"]["value"])
+
+
 def check_download(service: Service, job_id: str, ref: str, size: int, sha256: str) -> bytes:
     """Download without and with Range and check status, headers, ETag and sha256; the file."""
     http = service.http

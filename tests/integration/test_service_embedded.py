@@ -22,6 +22,7 @@ from ._support import (
     check_download,
     check_metric_rows,
     embedded_stack,
+    selected_test_top1,
 )
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ def test_embedded_main_flow(embedded: Service, tmp_path: Path) -> None:
     assert early > 0, "no metric rows were readable while the job was running"
     by_epoch = check_metric_rows(rows, MAIN_EPOCHS, MAIN_SWITCH)
     assert final["epochs_done"] == MAIN_EPOCHS and final["attempt"] == 1
-    assert final["best_top1"] == pytest.approx(max(r["test/top1"]["value"] for r in by_epoch.values()))
+    assert final["best_top1"] == pytest.approx(selected_test_top1(by_epoch))
     assert [j["id"] for j in embedded.all_jobs(state="succeeded")] == [job["id"]]
 
     listing = embedded.http.get(f"/jobs/{job['id']}/checkpoints").json()

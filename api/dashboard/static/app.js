@@ -6,7 +6,8 @@
  *
  * Routes: `#/` the jobs table, `#/jobs/<id>` one job: live Chart.js charts fed by the metrics
  * cursor and then the job's server-sent events, read with fetch() because EventSource cannot
- * send an Authorization header.
+ * send an Authorization header. `#/experiments` the experiments, `#/experiments/<id>` one: its
+ * results table and per-group curves (mean ± std band, switch epochs), polled until it ends.
  */
 "use strict";
 
@@ -217,7 +218,7 @@
   function leaveView() {
     if (current) current.dispose();
     current = null;
-    for (const id of ["jobs-view", "job-view", "token-view"]) $(id).hidden = true;
+    for (const id of ["jobs-view", "job-view", "experiments-view", "experiment-view", "token-view"]) $(id).hidden = true;
   }
 
   function route() {
@@ -227,9 +228,16 @@
       showTokenForm(null);
       return;
     }
-    const match = /^#\/jobs\/([^/?#]+)\/?$/.exec(location.hash);
-    $("nav-jobs").classList.toggle("active", !match);
-    current = match ? new JobView(decodeURIComponent(match[1])) : new JobsView();
+    const hash = location.hash;
+    const job = /^#\/jobs\/([^/?#]+)\/?$/.exec(hash);
+    const experiment = /^#\/experiments\/([^/?#]+)\/?$/.exec(hash);
+    const experiments = /^#\/experiments\/?$/.test(hash);
+    $("nav-jobs").classList.toggle("active", !job && !experiment && !experiments);
+    $("nav-experiments").classList.toggle("active", Boolean(experiment || experiments));
+    if (job) current = new JobView(decodeURIComponent(job[1]));
+    else if (experiment) current = new ExperimentView(decodeURIComponent(experiment[1]));
+    else if (experiments) current = new ExperimentsView();
+    else current = new JobsView();
   }
 
   function showTokenForm(message) {
@@ -855,6 +863,335 @@
         return true;
       }
       return false;
+    }
+  }
+
+  // --- experiments -----------------------------------------------------------------------------
+
+  const EXP_POLL_MS = 3000;
+  const GROUP_COLORS = [COLORS.slate, COLORS.blue, COLORS.orange, COLORS.teal, COLORS.violet, COLORS.rose, COLORS.green, "#0891b2", "#a16207", "#be185d"];
+  const EXP_CHARTS = [
+    { key: "exp-top1", metric: "test/top1", y: { suggestedMin: 0, suggestedMax: 100 }, format: (v) => `${v.toFixed(2)}%` },
+    { key: "exp-gradvar", metric: "train/grad_var", y: { type: "logarithmic", ticks: { callback: (value) => logTick(Number(value)) } }, positive: true, format: fmtNumber },
+  ];
+  // Results columns: the row's key(s) holding a {mean, std, n} summary (first present wins), header.
+  const SUMMARY_COLUMNS = [
+    [["final"], "Final"],
+    [["best_top1", "best"], "Best"],
+    [["selected_test"], "Selected"],
+    [["epochs_to_target"], "Epochs to target"],
+  ];
+
+  function summaryOf(row, keys) {
+    for (const key of keys) {
+      const value = row[key];
+      if (value && typeof value === "object" && !Array.isArray(value)) return value;
+    }
+    return null;
+  }
+
+  function fmtSummary(summary, digits = 2) {
+    if (!summary || typeof summary.mean !== "number") return "—";
+    const mean = summary.mean.toFixed(digits);
+    return typeof summary.std === "number" && summary.n >= 2 ? `${mean} ± ${summary.std.toFixed(digits)}` : mean;
+  }
+
+  function isBestRow(row) {
+    return row.best === true || row.is_best === true;
+  }
+
+  const shortKey = (key) => ({ "smoothing.switch_epoch": "switch" })[key] || key.replace(/^smoothing\./, "");
+
+  /** A group's name as in the paper: Baseline, LSR, TSLA(3), LSR-pre, TSLA-pre(7). */
+  function groupLabel(group) {
+    const method = String(group["smoothing.method"] ?? "?");
+    let name = method === "baseline" ? "Baseline" : method.toUpperCase().replace("-PRE", "-pre");
+    const switchEpoch = group["smoothing.switch_epoch"];
+    if (SWITCH_METHODS.has(method) && switchEpoch !== undefined && switchEpoch !== null) name += `(${switchEpoch})`;
+    const others = Object.entries(group)
+      .filter(([key]) => key !== "smoothing.method" && key !== "smoothing.switch_epoch")
+      .map(([key, value]) => `${shortKey(key)}=${value}`);
+    return others.length ? `${name} [${others.join(", ")}]` : name;
+  }
+
+  function countsText(counts) {
+    return ["queued", "running", "succeeded", "failed", "canceled"]
+      .filter((state) => counts && counts[state])
+      .map((state) => `${counts[state]} ${state}`)
+      .join(", ") || "no jobs";
+  }
+
+  function experimentFinished(experiment) {
+    return FINISHED.has(experiment.state) || Boolean(experiment.finished_at);
+  }
+
+  /** GET /experiments/{id}/curves as [{group, points: [{epoch, mean, std}]}], either shape. */
+  function curveGroups(response) {
+    const groups = (response && (response.groups || response.items)) || [];
+    return groups.map((entry) => {
+      let points;
+      if (Array.isArray(entry.points)) {
+        points = entry.points.map((p) => ({ epoch: p.epoch, mean: p.mean, std: p.std }));
+      } else {
+        const epochs = entry.epochs || [];
+        points = epochs.map((epoch, i) => ({ epoch, mean: (entry.mean || [])[i], std: (entry.std || [])[i] }));
+      }
+      return { group: entry.group || {}, points: points.filter((p) => typeof p.mean === "number" && Number.isFinite(p.mean)) };
+    });
+  }
+
+  class ExperimentsView {
+    constructor() {
+      this.alive = true;
+      this.timer = null;
+      document.title = "TSLA · Experiments";
+      $("experiments-view").hidden = false;
+      this.refresh();
+    }
+
+    dispose() {
+      this.alive = false;
+      clearTimeout(this.timer);
+    }
+
+    async refresh() {
+      try {
+        const items = [];
+        let cursor = null;
+        do {
+          const query = new URLSearchParams({ limit: String(JOBS_PAGE) });
+          if (cursor) query.set("cursor", cursor);
+          const page = await apiJson(`/experiments?${query}`);
+          items.push(...page.items);
+          cursor = page.next_cursor;
+        } while (cursor && this.alive);
+        if (!this.alive) return;
+        hideBanner();
+        this.render(items);
+      } catch (error) {
+        if (!this.alive || !reportError(error)) return;
+      }
+      if (this.alive) this.timer = setTimeout(() => this.refresh(), JOBS_POLL_MS);
+    }
+
+    render(items) {
+      $("experiments-body").replaceChildren(...items.map((item) => {
+        const href = `#/experiments/${encodeURIComponent(item.id)}`;
+        return el(
+          "tr",
+          { dataset: { experimentId: item.id, state: item.state }, onclick: () => { location.hash = href; } },
+          el("td", {}, el("a", { class: "job-name", href }, item.name)),
+          el("td", { class: "mono", title: item.id }, shortId(item.id)),
+          el("td", {}, stateBadge(item.state)),
+          el("td", {}, countsText(item.counts)),
+          el("td", { class: "nowrap" }, fmtTime(item.created_at)),
+          el("td", { class: "nowrap" }, fmtTime(item.finished_at)),
+        );
+      }));
+      $("experiments-empty").hidden = items.length > 0;
+      setText($("experiments-count"), `${items.length} ${items.length === 1 ? "experiment" : "experiments"}`);
+      $("experiments-view").dataset.loaded = "true";
+    }
+  }
+
+  /** Every TSLA group's switch epoch as a dashed vertical line in the group's colour. */
+  const groupSwitchPlugin = {
+    id: "tslaGroupSwitches",
+    afterDatasetsDraw(chart) {
+      const x = chart.scales.x;
+      const { top, bottom } = chart.chartArea;
+      const { ctx } = chart;
+      chart.$tslaSwitchLines = [];
+      for (const line of chart.$tslaSwitches || []) {
+        if (line.epoch < x.min || line.epoch > x.max) continue;
+        const pixel = x.getPixelForValue(line.epoch);
+        ctx.save();
+        ctx.strokeStyle = line.color;
+        ctx.lineWidth = 1.5;
+        ctx.setLineDash([6, 4]);
+        ctx.beginPath();
+        ctx.moveTo(pixel, top);
+        ctx.lineTo(pixel, bottom);
+        ctx.stroke();
+        ctx.restore();
+        chart.$tslaSwitchLines.push({ epoch: line.epoch, label: line.label, pixel });
+      }
+    },
+  };
+
+  /** Per group three datasets: the mean line, and mean + std filled down to mean - std. */
+  function groupDatasets(groups, definition) {
+    const datasets = [];
+    const keep = (value) => Number.isFinite(value) && (!definition.positive || value > 0);
+    groups.forEach((entry, index) => {
+      const color = GROUP_COLORS[index % GROUP_COLORS.length];
+      const label = groupLabel(entry.group);
+      const band = (sign) => entry.points
+        .map((p) => ({ x: p.epoch, y: p.mean + sign * (typeof p.std === "number" ? p.std : 0) }))
+        .filter((p) => keep(p.y));
+      const common = { tslaLabel: label, borderWidth: 0, pointRadius: 0, tension: 0 };
+      datasets.push({ ...common, label: `${label} − std`, tslaRole: "lower", data: band(-1), fill: false, borderColor: "transparent" });
+      datasets.push({ ...common, label: `${label} + std`, tslaRole: "upper", data: band(1), fill: "-1", borderColor: "transparent", backgroundColor: `${color}26` });
+      datasets.push({
+        label, tslaLabel: label, tslaRole: "mean", tslaGroup: entry.group,
+        data: entry.points.filter((p) => keep(p.mean)).map((p) => ({ x: p.epoch, y: p.mean })),
+        borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: 2, tension: 0, fill: false,
+      });
+    });
+    return datasets;
+  }
+
+  function groupSwitches(groups) {
+    const lines = [];
+    groups.forEach((entry, index) => {
+      const epoch = entry.group["smoothing.switch_epoch"];
+      if (SWITCH_METHODS.has(entry.group["smoothing.method"]) && typeof epoch === "number") {
+        lines.push({ epoch, label: groupLabel(entry.group), color: GROUP_COLORS[index % GROUP_COLORS.length] });
+      }
+    });
+    return lines;
+  }
+
+  function makeGroupChart(definition, canvas) {
+    return new Chart(canvas, {
+      type: "line",
+      data: { datasets: [] },
+      options: {
+        responsive: true,
+        maintainAspectRatio: false,
+        animation: false,
+        normalized: true,
+        interaction: { mode: "nearest", axis: "x", intersect: false },
+        scales: {
+          x: { type: "linear", title: { display: true, text: "epoch" }, ticks: { precision: 0 }, grid: { color: "#eef1f5" } },
+          y: { type: "linear", grid: { color: "#eef1f5" }, ticks: { callback: (value) => fmtNumber(Number(value)) }, ...definition.y },
+        },
+        plugins: {
+          legend: {
+            position: "bottom",
+            labels: { usePointStyle: true, boxWidth: 8, boxHeight: 8, filter: (item, data) => data.datasets[item.datasetIndex].tslaRole === "mean" },
+          },
+          tooltip: {
+            filter: (item) => item.dataset.tslaRole === "mean",
+            callbacks: {
+              title: (items) => (items.length ? `epoch ${items[0].parsed.x}` : ""),
+              label: (item) => `${item.dataset.label}: ${definition.format(item.parsed.y)}`,
+            },
+          },
+        },
+      },
+      plugins: [groupSwitchPlugin],
+    });
+  }
+
+  class ExperimentView {
+    constructor(experimentId) {
+      this.id = experimentId;
+      this.path = `/experiments/${encodeURIComponent(experimentId)}`;
+      this.alive = true;
+      this.abort = new AbortController();
+      this.timer = null;
+      this.charts = {};
+      for (const id of ["exp-name", "exp-id", "exp-counts", "exp-jobs-count"]) setText($(id), "");
+      for (const id of ["exp-state", "exp-facts", "exp-table-head", "exp-table-body", "exp-jobs-body"]) $(id).replaceChildren();
+      delete $("experiment-view").dataset.loaded;
+      document.title = "TSLA · Experiment";
+      $("experiment-view").hidden = false;
+      this.refresh();
+    }
+
+    dispose() {
+      this.alive = false;
+      this.abort.abort();
+      clearTimeout(this.timer);
+      for (const chart of Object.values(this.charts)) chart.destroy();
+      this.charts = {};
+      window.tslaCharts = {};
+    }
+
+    async refresh() {
+      try {
+        const signal = this.abort.signal;
+        const experiment = await apiJson(this.path, { signal });
+        const curves = await Promise.all(EXP_CHARTS.map((definition) =>
+          apiJson(`${this.path}/curves?${new URLSearchParams({ name: definition.metric, points: "200" })}`, { signal })));
+        if (!this.alive) return;
+        hideBanner();
+        this.render(experiment);
+        EXP_CHARTS.forEach((definition, index) => this.plot(definition, curveGroups(curves[index])));
+        const view = $("experiment-view");
+        view.dataset.state = experiment.state;
+        view.dataset.loaded = "true";
+        if (experimentFinished(experiment)) {
+          view.dataset.finished = "true";
+          return;
+        }
+      } catch (error) {
+        if (!this.alive || !reportError(error)) return;
+      }
+      if (this.alive) this.timer = setTimeout(() => this.refresh(), EXP_POLL_MS);
+    }
+
+    render(experiment) {
+      document.title = `TSLA · ${experiment.name}`;
+      setText($("exp-name"), experiment.name);
+      $("exp-state").replaceChildren(stateBadge(experiment.state));
+      setText($("exp-id"), experiment.id);
+      setText($("exp-counts"), countsText(experiment.counts));
+      const objective = experiment.objective || {};
+      const facts = [
+        ["Objective", objective.metric ? `${objective.mode || "max"} ${objective.metric}` : "—"],
+        ["Max concurrent", experiment.max_concurrent ?? "—"],
+        ["Created", fmtTime(experiment.created_at)],
+        ["Finished", fmtTime(experiment.finished_at)],
+      ];
+      $("exp-facts").replaceChildren(...facts.map(([term, value]) => el("div", {}, el("dt", {}, term), el("dd", {}, String(value)))));
+      this.renderTable(experiment.table || []);
+      this.renderJobs(experiment.jobs || []);
+    }
+
+    renderTable(rows) {
+      const keys = [];
+      for (const row of rows) for (const key of Object.keys(row.group || {})) if (!keys.includes(key)) keys.push(key);
+      const headers = [...keys.map(shortKey), "n", ...SUMMARY_COLUMNS.map(([, header]) => header), "p", "Jobs"];
+      $("exp-table-head").replaceChildren(el("tr", {}, headers.map((header, i) => el("th", { class: i >= keys.length ? "num" : null }, header))));
+      $("exp-table-body").replaceChildren(...rows.map((row) => {
+        const group = row.group || {};
+        const best = isBestRow(row);
+        const groupCells = keys.map((key, i) => el("td", {}, i === 0 && best ? el("span", { class: "star" }, "★") : null,
+          group[key] === undefined || group[key] === null ? "—" : String(group[key])));
+        const links = (row.job_ids || []).map((id) => el("a", { class: "mono", href: `#/jobs/${encodeURIComponent(id)}`, title: id }, shortId(id)));
+        return el(
+          "tr",
+          { class: best ? "best-row" : null, dataset: { group: JSON.stringify(group), best: String(best) } },
+          groupCells,
+          el("td", { class: "num" }, `${row.n_succeeded ?? row.n}/${row.n}`),
+          SUMMARY_COLUMNS.map(([columnKeys], i) => el("td", { class: "num nowrap" }, fmtSummary(summaryOf(row, columnKeys), i === 3 ? 1 : 2))),
+          el("td", { class: "num" }, typeof row.p_value === "number" ? Number(row.p_value.toPrecision(3)).toString() : "—"),
+          el("td", { class: "num" }, links.flatMap((link, i) => (i ? [" ", link] : [link]))),
+        );
+      }));
+    }
+
+    renderJobs(jobs) {
+      $("exp-jobs-body").replaceChildren(...jobs.map((job) => el(
+        "tr",
+        { dataset: { jobId: job.id, state: job.state } },
+        el("td", {}, el("a", { class: "mono", href: `#/jobs/${encodeURIComponent(job.id)}`, title: job.id }, shortId(job.id))),
+        el("td", {}, job.role || "cell"),
+        el("td", { class: "mono" }, Object.entries(job.cell || {}).map(([key, value]) => `${shortKey(key)}=${JSON.stringify(value)}`).join(" ")),
+        el("td", {}, stateBadge(job.state)),
+      )));
+      setText($("exp-jobs-count"), `${jobs.length} ${jobs.length === 1 ? "job" : "jobs"}`);
+    }
+
+    plot(definition, groups) {
+      if (!this.charts[definition.key]) this.charts[definition.key] = makeGroupChart(definition, $(`chart-${definition.key}`));
+      const chart = this.charts[definition.key];
+      chart.data.datasets = groupDatasets(groups, definition);
+      chart.$tslaSwitches = groupSwitches(groups);
+      chart.update("none");
+      window.tslaCharts = this.charts;
     }
   }
 
