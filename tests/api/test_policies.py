@@ -1,15 +1,16 @@
 """Auth, isolation, idempotency and limits: bad input is a clear 4xx and changes nothing."""
 
+import hashlib
 from typing import Any
 
 from sqlalchemy import func, select
 
 from tests.api.conftest import Api
 from tsla_service.db import session_scope
-from tsla_service.models import Job
-from tsla_service.results import record_metrics
+from tsla_service.models import Checkpoint, Job
+from tsla_service.results import record_checkpoint, record_metrics
 from tsla_service.tokens import revoke_token
-from tsla_spec.records import MetricRow
+from tsla_spec.records import CheckpointRecord, MetricRow
 
 SPEC = {"preset": "digits", "epochs": 2, "smoothing": {"switch_epoch": 1}}
 
@@ -40,13 +41,34 @@ def test_every_endpoint_but_health_needs_a_valid_token(api: Api) -> None:
     assert job_count(api) == 0
 
 
+def give_a_checkpoint(api: Api, job_id: str) -> int:
+    """A stored checkpoint file and its row, as a worker writes them; returns the row's id."""
+    data = b"a checkpoint's bytes" * 100
+    key = f"{job_id}/checkpoints/epoch-0000.pt"
+    path = api.home / "checkpoints" / key
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    metrics = {"test/top1": 50.0, "val/top1": 50.0}
+    record = CheckpointRecord(
+        "epoch-0000", path, 0, False, hashlib.sha256(data).hexdigest(), len(data), metrics
+    )
+    with session_scope(api.database_url) as session:
+        record_checkpoint(session, job_id, record, key, {"epoch-0000"})
+        return int(session.scalars(select(Checkpoint.id).where(Checkpoint.job_id == job_id)).one())
+
+
 def test_a_token_sees_only_its_own_jobs(api: Api) -> None:
     alice, bob = api.new_token("alice"), api.new_token("bob")
     job = submit(api, alice).json()
-    for path in (f"/jobs/{job['id']}", f"/jobs/{job['id']}/metrics", f"/jobs/{job['id']}/logs",
-                 f"/jobs/{job['id']}/checkpoints", f"/jobs/{job['id']}/checkpoints/latest"):  # fmt: skip
+    checkpoint_id = give_a_checkpoint(api, job["id"])  # something real to download: a 404 means isolation
+    prefix = f"/jobs/{job['id']}"
+    for path in (prefix, f"{prefix}/metrics", f"{prefix}/logs", f"{prefix}/checkpoints",
+                 f"{prefix}/checkpoints/latest", f"{prefix}/checkpoints/best",
+                 f"{prefix}/checkpoints/{checkpoint_id}"):  # fmt: skip
+        assert api.client.get(path, headers=api.as_token(alice)).status_code == 200, path
         assert api.client.get(path, headers=api.as_token(bob)).status_code == 404, path
-        assert api.client.get(path, headers=api.as_token(alice)).status_code in (200, 404)
+    # The event stream checks the owner before it starts streaming (alice's would stream on).
+    assert api.client.get(f"{prefix}/events", headers=api.as_token(bob)).status_code == 404
     assert api.client.get(f"/jobs/{job['id']}", headers=api.as_token(alice)).status_code == 200
     assert api.client.post(f"/jobs/{job['id']}/cancel", headers=api.as_token(bob)).status_code == 404
     assert api.client.get("/jobs", headers=api.as_token(bob)).json()["items"] == []
