@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentToken, OwnedExperiment, QueueDep, SessionDep, SettingsDep
+from api.paging import Cursor, owner_page
 from api.params import JobsPageSize
 from api.routes.experiment_results import EarlyEpochs, Target
 from api.routes.jobs import IdempotencyKey
@@ -119,30 +119,14 @@ def experiment_public(session: Session, experiment: Experiment) -> ExperimentPub
 def list_experiments(
     session: SessionDep,
     token: CurrentToken,
-    cursor: Annotated[
-        str | None, Query(max_length=64, description="next_cursor of the previous page")
-    ] = None,
+    cursor: Cursor = None,
     limit: Annotated[JobsPageSize, Query()] = 50,
 ) -> ExperimentsPublic:
     """Newest first, in pages that follow `next_cursor`."""
-    query = (
-        select(Experiment)
-        .where(Experiment.owner == token.id)
-        .order_by(Experiment.created_at.desc(), Experiment.id.desc())
-        .limit(limit + 1)
-    )
-    if cursor is not None:
-        anchor = session.get(Experiment, cursor)
-        if anchor is None or anchor.owner != token.id:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "cursor: no such experiment")
-        query = query.where(
-            tuple_(Experiment.created_at, Experiment.id) < tuple_(anchor.created_at, anchor.id)
-        )
-    found = list(session.scalars(query))
-    page = found[:limit]
+    page, next_cursor = owner_page(session, Experiment, token.id, cursor, limit, "experiment")
     counts = experiments.tallies(session, [experiment.id for experiment in page])
     items = [ExperimentSummary(**summary_fields(experiment, counts[experiment.id])) for experiment in page]
-    return ExperimentsPublic(items=items, next_cursor=page[-1].id if len(found) > limit else None)
+    return ExperimentsPublic(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{experiment_id}", response_model=ExperimentDetail, responses=NOT_FOUND)

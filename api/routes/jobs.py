@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, tuple_
 
 from api.deps import CurrentToken, OwnedJob, QueueDep, SessionDep, SettingsDep
+from api.paging import Cursor, owner_page
 from api.params import IdempotencyKeyText, JobsPageSize
 from api.schemas import ERROR_RESPONSES, JobCreate, JobPublic, JobsPublic, Message
 from tsla_service import events, jobs
@@ -69,28 +69,12 @@ def list_jobs(
     session: SessionDep,
     token: CurrentToken,
     state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
-    cursor: Annotated[
-        str | None, Query(max_length=64, description="next_cursor of the previous page")
-    ] = None,
+    cursor: Cursor = None,
     limit: Annotated[JobsPageSize, Query()] = 50,
 ) -> JobsPublic:
     """Newest first, in pages that follow `next_cursor`."""
-    query = (
-        select(Job)
-        .where(Job.owner == token.id)
-        .order_by(Job.created_at.desc(), Job.id.desc())
-        .limit(limit + 1)
-    )
-    if state is not None:
-        query = query.where(Job.state == state)
-    if cursor is not None:
-        anchor = session.get(Job, cursor)
-        if anchor is None or anchor.owner != token.id:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "cursor: no such job")
-        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(anchor.created_at, anchor.id))
-    found = list(session.scalars(query))
-    page = found[:limit]
-    next_cursor = page[-1].id if len(found) > limit else None
+    where = (Job.state == state,) if state is not None else ()
+    page, next_cursor = owner_page(session, Job, token.id, cursor, limit, "job", where)
     return JobsPublic(items=[JobPublic.model_validate(j) for j in page], next_cursor=next_cursor)
 
 
