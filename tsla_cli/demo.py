@@ -43,7 +43,10 @@ def demo_command(
     url = f"http://127.0.0.1:{port}"
     console.print(f"starting the embedded stack on {url} (home {home})")
     token = os.environ.get("TSLA_TOKEN") or f"tsla_demo_{secrets.token_urlsafe(16)}"
-    server = stack.start_process(stack.serve_command(home, port), {**os.environ, "TSLA_TOKEN": token})
+    env = {**os.environ, "TSLA_TOKEN": token}
+    server = stack.start_process(
+        stack.serve_command(home, port), env, die_with_parent=True
+    )  # as in reproduce
     try:
         with TslaClient(url, token) as client:
             client.wait_until_healthy(timeout=120)

@@ -97,7 +97,10 @@ def service(url: str | None, token: str | None, home: Path) -> Iterator[TslaClie
     env = {**stack.service_env(), "TSLA_TOKEN": token}
     if "TSLA_DATA_ROOT" in os.environ:
         env["TSLA_DATA_ROOT"] = os.environ["TSLA_DATA_ROOT"]
-    server = stack.start_process(stack.serve_command(home, port), env, log=home / "serve.log")
+    # die_with_parent: a killed command (SIGTERM, SIGKILL) never leaves its stack running.
+    server = stack.start_process(
+        stack.serve_command(home, port), env, log=home / "serve.log", die_with_parent=True
+    )
     try:
         stack.wait_healthy(local, [server], timeout=120)
         with connect(local, token) as client:

@@ -10,10 +10,10 @@ import re
 import secrets
 from typing import Literal
 
-from sqlalchemy import or_, select
+from sqlalchemy import Connection, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
-from tsla_service.models import ApiToken, utcnow
+from tsla_service.models import ApiToken, Job, utcnow
 
 Role = Literal["user", "operator"]
 # A token someone chose (e.g. $TSLA_TOKEN) must be as hard to guess as it is long: 20 or more
@@ -74,6 +74,24 @@ def authenticate(session: Session, token: str) -> ApiToken | None:
     if row is None or not hmac.compare_digest(row.token_sha256, presented) or row.revoked_at is not None:
         return None
     return row
+
+
+# owns_job's one query, built once (building it costs more than running it on the hot paths).
+OWNS_JOB = (
+    select(ApiToken.token_sha256, ApiToken.revoked_at, Job.id.label("job_id"))
+    .outerjoin(Job, and_(Job.id == bindparam("job_id"), Job.owner == ApiToken.id))
+    .where(ApiToken.token_sha256 == bindparam("presented"))
+)
+
+
+def owns_job(connection: Connection, token: str, job_id: str) -> bool | None:
+    """Whether the active token with this plaintext owns job `job_id`, in one query; None when the
+    token is unknown or revoked (as `authenticate`)."""
+    presented = digest(token)
+    row = connection.execute(OWNS_JOB, {"job_id": job_id, "presented": presented}).first()
+    if row is None or not hmac.compare_digest(row.token_sha256, presented) or row.revoked_at is not None:
+        return None
+    return row.job_id is not None
 
 
 def list_tokens(session: Session) -> list[ApiToken]:

@@ -34,15 +34,15 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "fashion-mnist-small": Protocol(
         name="fashion-mnist-small",
-        summary="fashion-mnist preset on 10,000 training images, 15 epochs, drops at 8 and 12; "
-        "switches at 4 and 10",
+        summary="fashion-mnist preset on 6,000 training images, 12 epochs, drops at 6 and 10; "
+        "switches at 3 and 8",
         base={
             "preset": "fashion-mnist",
-            "data": {"train_subset": 10_000},
-            "epochs": 15,
-            "schedule": {"milestones": [8, 12]},
+            "data": {"train_subset": 6_000},
+            "epochs": 12,
+            "schedule": {"milestones": [6, 10]},
         },
-        switch_epochs=(4, 10),
+        switch_epochs=(3, 8),
     ),
     "cifar100": Protocol(
         name="cifar100",

@@ -6,10 +6,12 @@ import hashlib
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 
+from api.schemas import LogsPage, MetricsPage
 from tests.api.conftest import Api, add_checkpoint
 from tsla_service.db import session_scope
-from tsla_service.models import Job
+from tsla_service.models import Job, Metric
 from tsla_service.results import append_log, record_metrics
 from tsla_spec.records import MetricRow
 
@@ -140,3 +142,26 @@ def test_ranges(world: dict[str, Any], header: str, span: tuple[int, int]) -> No
     first, last = span
     assert response.status_code == 206 and response.content == FILE[first : last + 1]
     assert response.headers["content-length"] == str(last - first + 1)
+
+
+def test_page_bodies_are_the_response_models_bytes(world: dict[str, Any]) -> None:
+    """The paging routes serialise rows without a validation pass: their bytes must be what the
+    documented response models (MetricsPage, LogsPage) make of the same page, a non-finite value
+    and the UTC times included."""
+    api, job = world["api"], world["job"]
+    with session_scope(api.database_url) as session:
+        record_metrics(session, job, 1, [MetricRow(9, "train", "grad_var", float("nan"), "onehot", 99)])
+    try:
+        for resource, model in (("metrics", MetricsPage), ("logs", LogsPage)):
+            response = api.client.get(
+                f"/jobs/{job}/{resource}", params={"limit": 50}, headers=world["headers"]
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "application/json"
+            assert response.content == model.model_validate_json(response.content).model_dump_json().encode()
+        items = pages(world, "metrics", name="grad_var")[0]["items"]
+        assert [(item["value"], item["nonfinite"]) for item in items] == [(None, "nan")]
+        assert all(item["time"].endswith("Z") for item in items)
+    finally:
+        with session_scope(api.database_url) as session:
+            session.execute(delete(Metric).where(Metric.job_id == job, Metric.name == "grad_var"))
