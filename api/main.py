@@ -12,7 +12,17 @@ from api.deps import reject_unknown_query
 from api.feeds import FeedRegistry
 from api.limits import RequestGuard
 from api.observability import MeasureLatency, Observability
-from api.routes import checkpoints, events, experiment_results, experiments, jobs, meta, metrics
+from api.routes import (
+    checkpoints,
+    datasets,
+    events,
+    experiment_results,
+    experiments,
+    jobs,
+    meta,
+    metrics,
+    uploads,
+)
 from api.security import SecurityHeaders
 from tsla_service.permissions import owner_only_files
 from tsla_service.queue import make_celery
@@ -51,9 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.observability = Observability(settings)
     app.state.feeds = FeedRegistry(settings)  # event streams: one poller per watched job
     app.add_middleware(MeasureLatency, observability=app.state.observability)
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    # Upload chunks stream to disk (api/routes/datasets.py caps them); every other body is read here.
+    app.add_middleware(
+        RequestGuard, max_body_bytes=settings.max_body_bytes, streaming_prefixes=(uploads.STREAMED,)
+    )
     errors.install(app)
-    for module in (jobs, metrics, checkpoints, events, meta, experiments, experiment_results):
+    routers = (jobs, metrics, checkpoints, events, meta, experiments, experiment_results, datasets, uploads)
+    for module in routers:
         app.include_router(module.router)
     dashboard.install(app)
     app.add_middleware(SecurityHeaders)

@@ -278,11 +278,56 @@ class CheckpointsPublic(BaseModel):
 
 
 class DatasetPublic(BaseModel):
+    """A data set a job can name: a built-in one (installed on this server or not) or one of the
+    token's uploads, with what its checks found."""
+
     name: str
+    kind: Literal["builtin", "uploaded"]
     description: str
     num_classes: int | None
     available: bool
     problem: str | None
+    classes: list[str] | None = None
+    shape: list[int] | None = Field(None, description="(channels, height, width)")
+    num_train: int | None = None
+    num_test: int | None = None
+    train_counts: list[int] | None = None
+    test_counts: list[int] | None = None
+    sha256: str | None = Field(None, description="content hash; jobs record it (data.uploaded)")
+    bytes: int | None = Field(None, description="stored size of the canonical files")
+    source: str | None = Field(None, description="what was uploaded: tar, tar.gz, zip or npz")
+    source_bytes: int | None = None
+    created_at: datetime | None = None
+    findings: dict[str, Any] | None = Field(
+        None, description="reported, not refused: class imbalance, train/test duplicates, notes"
+    )
+
+
+DatasetName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class UploadCreate(BaseModel):
+    """Start (or resume) an upload: the name, and the size and sha256 of the bytes to come."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: DatasetName
+    size: int = Field(ge=1, le=2**62, description="bytes the client will send")
+    sha256: Sha256Hex
+    format: Literal["tar", "tar.gz", "zip", "npz"] | None = Field(None, description="default: from the bytes")
+    image_size: int | None = Field(None, ge=4, le=1024, description="resize every image to this square size")
+
+
+class UploadPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    size: int
+    offset: int = Field(description="bytes received; send the next chunk with Upload-Offset: this")
+    sha256: str
+    created_at: datetime
 
 
 class Readiness(BaseModel):

@@ -12,9 +12,13 @@ print(client.experiment_frame(exp["id"]))  # a pandas DataFrame with the `frames
 
 from __future__ import annotations
 
+import builtins
 import json
+import tarfile
+import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,8 @@ from httpx_sse import connect_sse
 
 from tsla_spec.hashing import sha256_file
 from tsla_spec.vocabulary import FINISHED_STATES
+
+UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024  # one PATCH of an upload: small enough to resume cheaply
 
 
 class ApiError(Exception):
@@ -269,6 +275,100 @@ class TslaClient:
         table = self.experiment(experiment_id).get("table") or []
         return as_frame([flat_table_row(row) for row in table])
 
+    # --- data sets ----------------------------------------------------------------------------
+
+    def datasets(self) -> builtins.list[dict[str, Any]]:
+        """The built-in data sets and this token's uploads."""
+        found: builtins.list[dict[str, Any]] = self._json("GET", "/datasets")
+        return found
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._json("GET", f"/datasets/{name}")
+        return found
+
+    def delete_dataset(self, name: str) -> None:
+        self._request("DELETE", f"/datasets/{name}")
+
+    def upload_dataset(
+        self,
+        path: Path,
+        name: str,
+        image_size: int | None = None,
+        source_format: str | None = None,
+        chunk_bytes: int = UPLOAD_CHUNK_BYTES,
+        progress: Callable[[int, int], None] | None = None,
+        retry_for: float = 300.0,
+    ) -> dict[str, Any]:
+        """Upload an archive or `.npz` (or a folder, packed into a tar first) as data set `name`;
+        returns the data set. A dropped connection is resumed from the server's offset, retried
+        for up to `retry_for` seconds; the same bytes under the same name again are a no-op.
+        `progress(sent, total)` is called after every chunk."""
+        with packed(path) as archive:
+            size, sha256 = archive.stat().st_size, sha256_file(archive)
+            body: dict[str, Any] = {"name": name, "size": size, "sha256": sha256}
+            if image_size is not None:
+                body["image_size"] = image_size
+            if source_format is not None:
+                body["format"] = source_format
+            started = self._json("POST", "/uploads", json=body)
+            if started["dataset"] is not None:
+                if progress is not None:
+                    progress(size, size)
+                return dict(started["dataset"])
+            return self._send_upload(archive, started["upload"], chunk_bytes, progress, retry_for)
+
+    def _send_upload(
+        self,
+        archive: Path,
+        upload: dict[str, Any],
+        chunk_bytes: int,
+        progress: Callable[[int, int], None] | None,
+        retry_for: float,
+    ) -> dict[str, Any]:
+        """Send the chunks from the upload's offset on; after a transport error or a 409, ask the
+        server for the offset and go on from there."""
+        offset, size, path = int(upload["offset"]), int(upload["size"]), f"/uploads/{upload['id']}"
+        failing_since: float | None = None
+        with archive.open("rb") as handle:
+            while True:
+                if progress is not None:
+                    progress(offset, size)
+                handle.seek(offset)
+                chunk = handle.read(chunk_bytes)
+                headers = {"Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
+                try:
+                    answer = self._json("PATCH", path, content=chunk, headers=headers, timeout=None)
+                except (httpx.TransportError, ApiError) as error:
+                    # A 409 says the server's offset is not ours (a dropped request of ours still
+                    # finishing, or bytes we did not know arrived): ask it, as after a drop.
+                    if isinstance(error, ApiError) and error.status != 409:
+                        raise
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since > retry_for:
+                        raise
+                    time.sleep(min(5.0, 0.5 + (now - failing_since) / 4))
+                    offset = self._upload_offset(path, offset)
+                    continue
+                failing_since = None
+                if answer["dataset"] is not None:
+                    if progress is not None:
+                        progress(size, size)
+                    return dict(answer["dataset"])
+                offset = int(answer["upload"]["offset"])
+
+    def _upload_offset(self, path: str, fallback: int) -> int:
+        try:
+            return int(self._json("GET", path)["upload"]["offset"])
+        except httpx.TransportError:
+            return fallback
+        except ApiError as error:
+            if error.status == 404:  # the upload ended (another request of ours finished it)
+                raise ApiError(
+                    409, "409: the upload ended meanwhile; upload again to get its data set"
+                ) from None
+            raise
+
     def health(self) -> bool:
         try:
             return self.http.get("/healthz").status_code == 200
@@ -309,6 +409,24 @@ def as_frame(rows: list[dict[str, Any]]) -> Any:
     except ImportError:
         return rows
     return pandas.DataFrame(rows)
+
+
+@contextmanager
+def packed(path: Path) -> Iterator[Path]:
+    """`path` itself, or a folder packed into a temporary uncompressed tar (its `train/` and
+    `test/` at the top; names sorted, so the same folder packs to the same bytes)."""
+    if not path.is_dir():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="tsla-upload-") as scratch:
+        archive = Path(scratch) / f"{path.name}.tar"
+        with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+            for member in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
+                info = tar.gettarinfo(str(member), arcname=member.relative_to(path).as_posix())
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                with member.open("rb") as source:
+                    tar.addfile(info, source)
+        yield archive
 
 
 def raise_for_status(response: httpx.Response) -> None:

@@ -3,6 +3,7 @@
 import typer
 
 from tsla_cli.admin_cmd import app as admin_app
+from tsla_cli.dataset_cmd import app as dataset_app
 from tsla_cli.demo import demo_command
 from tsla_cli.experiment_cmd import app as experiment_app
 from tsla_cli.jobs_cmd import COMMANDS
@@ -20,6 +21,7 @@ app.command("reproduce")(reproduce_command)
 app.add_typer(token_app, name="token")
 app.add_typer(admin_app, name="admin")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(dataset_app, name="dataset")
 for name, command in COMMANDS.items():
     app.command(name)(command)
 

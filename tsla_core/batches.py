@@ -278,8 +278,17 @@ def read_arrays(spec: DataSpec, data_root: Path) -> tuple[ArraySplit, ArraySplit
     raise DatasetError(f"{name} is not a tensor data set")
 
 
-def load_data(spec: DataSpec, data_root: Path, device: torch.device) -> DataBundle:
-    """Load the named data set under `data_root`; DatasetError says what is missing."""
+def load_data(
+    spec: DataSpec, data_root: Path, device: torch.device, *, uploaded: Path | None = None
+) -> DataBundle:
+    """Load the named data set under `data_root`, or the uploaded set in the canonical folder
+    `uploaded` (tsla_spec/uploads.py); DatasetError says what is missing."""
+    if uploaded is not None or spec.is_uploaded:
+        if uploaded is None:
+            raise DatasetError(f"{spec.name} is an uploaded data set: its local copy was not given")
+        from tsla_core.uploaded import load_uploaded_data  # it builds on this module
+
+        return load_uploaded_data(spec, uploaded, device)
     if spec.name == "imagenet":
         return load_folder_data(spec, data_root / "imagenet", device)
     return load_tensor_data(spec, data_root, device)

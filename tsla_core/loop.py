@@ -266,6 +266,7 @@ class Trainer:
         data_root: Path,
         hooks: Hooks | None = None,
         teacher_path: Path | None = None,
+        uploaded: Path | None = None,
     ) -> None:
         self.spec = spec
         self.hooks = hooks or Hooks()
@@ -278,7 +279,7 @@ class Trainer:
             self._log(f"batch norm + ReLU: {'fused CPU kernel' if fused_enabled() else 'PyTorch kernels'}")
 
         torch.manual_seed(spec.seed)
-        self.data: DataBundle = load_data(spec.data, data_root, self.device)
+        self.data: DataBundle = load_data(spec.data, data_root, self.device, uploaded=uploaded)
         self.model = build_model(spec.model, self.data.num_classes, self.data.in_channels)
         self.model.to(self.device).to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(spec, self.model)
@@ -542,17 +543,21 @@ def train(
     hooks: Hooks | None = None,
     teacher_path: Path | None = None,
     resume: bool = True,
+    uploaded: Path | None = None,
 ) -> TrainResult:
-    """Train `spec` into `out_dir` (checkpoints under out_dir/checkpoints), resuming if possible."""
-    return Trainer(spec, out_dir, data_root, hooks, teacher_path).fit(resume=resume)
+    """Train `spec` into `out_dir` (checkpoints under out_dir/checkpoints), resuming if possible.
+    An uploaded data set is read from `uploaded`, its local canonical folder (the worker fetches it)."""
+    return Trainer(spec, out_dir, data_root, hooks, teacher_path, uploaded).fit(resume=resume)
 
 
-def evaluate_checkpoint(path: Path, data_root: Path, sha256: str | None = None) -> dict[str, float]:
+def evaluate_checkpoint(
+    path: Path, data_root: Path, sha256: str | None = None, uploaded: Path | None = None
+) -> dict[str, float]:
     """Rebuild the model in a checkpoint and measure it on its data set's val and test splits."""
     state = load_verified(path, sha256)
     spec = RunSpec.model_validate(upgrade_stored_spec(json.loads(state["spec"])))
     device = resolve_device(spec.device)
-    data = load_data(spec.data, data_root, device)
+    data = load_data(spec.data, data_root, device, uploaded=uploaded)
     model = build_model(spec.model, state["num_classes"], state["in_channels"])
     model.load_state_dict(state["model"])
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format

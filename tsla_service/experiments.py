@@ -29,6 +29,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from tsla_service import events, jobs
+from tsla_service.datasets import resolve_data
 from tsla_service.models import Experiment, Job, new_job_id, utcnow
 from tsla_service.queue import send_job
 from tsla_service.settings import Settings
@@ -277,11 +278,11 @@ def store_jobs(
     flushed alone, so that the checks of the cells that learn from it find it."""
     rows: list[Job] = []
     for offset, job in enumerate(planned):
-        teacher_job_id = check_runnable(session, settings, job.spec, experiment.owner, experiment.id)
+        spec, teacher_job_id = check_runnable(session, settings, job.spec, experiment.owner, experiment.id)
         request = JobRequest(
-            job.spec.model_dump(mode="json"), job_name(experiment.name, job.cell), experiment.max_attempts
+            spec.model_dump(mode="json"), job_name(experiment.name, job.cell), experiment.max_attempts
         )
-        row = new_job_row(job.spec, experiment.owner, request, teacher_job_id)
+        row = new_job_row(spec, experiment.owner, request, teacher_job_id)
         row.id, row.experiment_id, row.cell, row.cell_key = job.id, experiment.id, job.cell, job.key
         row.role, row.position, row.held = job.role, first_position + offset, True
         rows.append(row)
@@ -329,7 +330,9 @@ def create_experiment(
         session.add(experiment)
         session.flush()
         if request.teacher is not None and "job" in request.teacher:  # also when no cell uses it yet
-            check_teacher(session, request.teacher["job"], owner, plan.jobs[0].spec.data.name)
+            check_teacher(
+                session, request.teacher["job"], owner, resolve_data(session, plan.jobs[0].spec, owner)
+            )
         store_jobs(session, settings, experiment, plan.jobs, first_position=0)
         released = release_held(session, settings, experiment)  # the response shows what is sent
         experiment.create_response = render(experiment)

@@ -271,3 +271,47 @@ class MetricRecord(Base):
     value: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_metric_records_job_id_split_name_value", "job_id", "split", "name", "value"),)
+
+
+class Dataset(Base):
+    """A data set a token uploaded, stored in the checkpoint storage under its content hash
+    (`datasets/<sha256>/`, the canonical layout of tsla_spec/uploads.py). Names are per token;
+    two tokens that upload the same content share the stored files."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the canonical content
+    source_sha256: Mapped[str] = mapped_column(String(64))  # of the archive as uploaded
+    source_bytes: Mapped[int] = mapped_column(BigInteger)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)  # the canonical files together
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)  # a tsla_spec.uploads.DatasetManifest
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("owner", "name", name="uq_datasets_owner_name"),
+        Index("ix_datasets_sha256", "sha256"),
+    )
+
+
+class DatasetUpload(Base):
+    """An upload in progress: the bytes received so far are the API host's file
+    `<TSLA_HOME>/uploads/<id>.part`, whose size is the offset a client resumes from."""
+
+    __tablename__ = "dataset_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)  # declared by the client
+    sha256: Mapped[str] = mapped_column(String(64))  # declared by the client, checked at the end
+    source_format: Mapped[str | None] = mapped_column(String(8))  # None: sniffed from the bytes
+    image_size: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), server_default=func.now(), default=utcnow, onupdate=utcnow
+    )
+
+    __table_args__ = (Index("ix_dataset_uploads_owner_name", "owner", "name"),)

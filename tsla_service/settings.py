@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     max_activation_bytes: int = Field(
         40_000_000_000, gt=0, description="activations kept for the backward pass of one batch"
     )
+    # Uploaded data sets (tsla_service/datasets.py): caps on what an upload may be (413 beyond),
+    # and how long an unfinished upload is kept for a client to resume it.
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="an uploaded archive or .npz")
+    max_upload_files: int = Field(200_000, gt=0, description="members of an uploaded archive")
+    max_upload_expanded_bytes: int = Field(8 * 1024**3, gt=0, description="an archive's size unpacked")
+    max_upload_ratio: float = Field(200.0, gt=1, description="unpacked over packed size (a zip bomb)")
+    max_upload_chunk_bytes: int = Field(64 * 1024**2, gt=0, description="one PATCH of an upload")
+    max_datasets_per_token: int = Field(100, gt=0, description="uploaded data sets a token may keep")
+    upload_expiry_seconds: float = Field(24 * 3600, gt=0, description="an unfinished upload's lifetime")
 
     @property
     def resolved_database_url(self) -> str:
@@ -78,6 +87,11 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str((self.home / "checkpoints").resolve())
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where the API keeps the bytes of unfinished uploads (one file each)."""
+        return self.home / "uploads"
 
     @property
     def resolved_work_dir(self) -> Path:

@@ -35,6 +35,8 @@ class Storage:
     def put_file(self, local: Path, key: str) -> None:
         if self.is_local and Path(self._path(key)) == local:
             return
+        if self.is_local:  # object stores have no folders to make
+            self.fs.makedirs(self.fs._parent(self._path(key)), exist_ok=True)
         self.fs.put_file(str(local), self._path(key))
 
     def get_file(self, key: str, local: Path) -> None:
@@ -53,6 +55,11 @@ class Storage:
     def delete(self, key: str) -> None:
         if self.fs.exists(self._path(key)):
             self.fs.rm_file(self._path(key))
+
+    def delete_folder(self, prefix: str) -> None:
+        """Delete every stored file under `prefix` (a folder key such as `datasets/<sha256>`)."""
+        if self.fs.exists(self._path(prefix)):
+            self.fs.rm(self._path(prefix), recursive=True)
 
     def list(self, job_id: str) -> list[str]:
         """Keys of one job's stored files."""

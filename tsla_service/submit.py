@@ -26,6 +26,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tsla_service.datasets import resolve_data
 from tsla_service.models import ApiToken, Experiment, Job, utcnow
 from tsla_service.queue import send_job
 from tsla_service.settings import Settings
@@ -87,9 +88,9 @@ def submit_job(
     spec = build_spec(request.raw_spec)
 
     def store() -> tuple[dict[str, Any], list[str]]:
-        teacher_job_id = check_runnable(session, settings, spec, owner)
+        resolved, teacher_job_id = check_runnable(session, settings, spec, owner)
         check_active_cap(session, settings, owner)
-        job = new_job_row(spec, owner, request, teacher_job_id)
+        job = new_job_row(resolved, owner, request, teacher_job_id)
         insert_jobs(session, [job])  # fills in the id and timestamps the response shows
         job.create_response = render(job)
         return job.create_response, [job.id]
@@ -159,29 +160,34 @@ def insert_jobs(session: Session, rows: Sequence[Job]) -> None:
 
 def check_runnable(
     session: Session, settings: Settings, spec: RunSpec, owner: str, experiment_id: str | None = None
-) -> str | None:
-    """Refuse what would only fail later on a worker; returns the teacher job id, if any. Inside
-    experiment `experiment_id`, the teacher may be one of its own jobs that has not finished yet."""
+) -> tuple[RunSpec, str | None]:
+    """Refuse what would only fail later on a worker; returns the spec as it will run (an uploaded
+    data set's name resolved to its content: tsla_service/datasets.py) and the teacher job id, if
+    any. Inside experiment `experiment_id`, the teacher may be one of its own jobs that has not
+    finished yet."""
+    spec = resolve_data(session, spec, owner)
+    if not spec.data.is_uploaded:
+        problem = DATASETS[spec.data.name].problem(settings.data_root)
+        if problem is not None:
+            raise SpecError(f"data.name: dataset {spec.data.name!r} is {problem}")
     check_resources(settings, spec)
-    problem = DATASETS[spec.data.name].problem(settings.data_root)
-    if problem is not None:
-        raise SpecError(f"data.name: dataset {spec.data.name!r} is {problem}")
     teacher = spec.smoothing.teacher
     if teacher is None:
-        return None
+        return spec, None
     if teacher.path is not None:
         raise SpecError(
             "smoothing.teacher.path: the service takes no file paths; name a finished job with teacher.job"
         )
     assert teacher.job is not None
-    return check_teacher(session, teacher.job, owner, spec.data.name, experiment_id).id
+    return spec, check_teacher(session, teacher.job, owner, spec, experiment_id).id
 
 
 def check_teacher(
-    session: Session, teacher_job_id: str, owner: str, dataset: str, experiment_id: str | None = None
+    session: Session, teacher_job_id: str, owner: str, spec: RunSpec, experiment_id: str | None = None
 ) -> Job:
-    """The teacher job, if `owner` may learn from it on `dataset`: a succeeded job of the owner's,
-    or, inside experiment `experiment_id`, one of its own jobs still to run."""
+    """The teacher job, if `owner` may learn from it for `spec`: a succeeded job of the owner's on
+    the same data (name and, for an uploaded set, content), or, inside experiment `experiment_id`,
+    one of its own jobs still to run."""
     teacher_job = session.get(Job, teacher_job_id)
     if teacher_job is None or teacher_job.owner != owner:
         raise SpecError(f"smoothing.teacher.job: job {teacher_job_id} does not exist")
@@ -192,10 +198,18 @@ def check_teacher(
         raise SpecError(
             f"smoothing.teacher.job: job {teacher_job_id} is {state}; only a succeeded job can teach"
         )
+    dataset = spec.data.name
     if teacher_job.dataset != dataset:
         raise SpecError(
             f"smoothing.teacher.job: job {teacher_job_id} was trained on {teacher_job.dataset}, not {dataset}"
         )
+    if spec.data.uploaded is not None:
+        taught_on = teacher_job.spec.get("data", {}).get("uploaded") or {}
+        if taught_on.get("sha256") != spec.data.uploaded.sha256:
+            raise SpecError(
+                f"smoothing.teacher.job: job {teacher_job_id} was trained on other content of {dataset} "
+                "(the data set was replaced since)"
+            )
     return teacher_job
 
 

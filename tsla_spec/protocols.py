@@ -34,15 +34,15 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "fashion-mnist-small": Protocol(
         name="fashion-mnist-small",
-        summary="fashion-mnist preset on 6,000 training images, 12 epochs, drops at 6 and 10; "
-        "switches at 3 and 8",
+        summary="fashion-mnist preset on 4,000 training images, 10 epochs, drops at 5 and 8; "
+        "switches at 3 and 7",
         base={
             "preset": "fashion-mnist",
-            "data": {"train_subset": 6_000},
-            "epochs": 12,
-            "schedule": {"milestones": [6, 10]},
+            "data": {"train_subset": 4_000},
+            "epochs": 10,
+            "schedule": {"milestones": [5, 8]},
         },
-        switch_epochs=(3, 8),
+        switch_epochs=(3, 7),
     ),
     "cifar100": Protocol(
         name="cifar100",

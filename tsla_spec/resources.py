@@ -68,14 +68,21 @@ class ResourceEstimate:
 
 
 def data_shape(spec: DataSpec) -> DataShape:
-    """The registry's shape and counts of a named data set, or the synthetic spec's; the training
-    count is the subset's when the spec asks for one."""
+    """The registry's shape and counts of a named data set, the synthetic spec's, or an uploaded
+    set's (as the service resolved it); the training count is the subset's when the spec asks."""
     if spec.name == "synthetic":
         s = spec.synthetic
         train = spec.train_subset or s.num_train
         return DataShape(
             "synthetic", s.channels, s.image_size, s.image_size, train, s.num_test, s.num_classes, False
         )
+    if spec.is_uploaded:
+        if spec.uploaded is None:
+            raise ValueError(f"data.uploaded: the service has not resolved data set {spec.name!r}")
+        up = spec.uploaded
+        channels, height, width = up.shape
+        train = spec.train_subset or up.num_train
+        return DataShape(spec.name, channels, height, width, train, up.num_test, up.num_classes, False)
     info = DATASETS[spec.name]
     assert info.image_shape is not None and info.num_train is not None and info.num_test is not None
     channels, height, width = info.image_shape

@@ -26,9 +26,21 @@ from pydantic import (
 
 from tsla_spec.datasets import DATASETS
 from tsla_spec.presets import PRESETS
+from tsla_spec.uploads import NAME_PATTERN, SHA256_PATTERN
 from tsla_spec.vocabulary import TEACHER_METHODS, TWO_STAGE_METHODS, Method
 
-DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
+
+def dataset_name(name: str) -> str:
+    """A built-in data set's name, or one a token gave its uploaded data set (tsla_spec/uploads.py)."""
+    if name in DATASETS or NAME_PATTERN.fullmatch(name):
+        return name
+    raise ValueError(
+        f"not a data set name: the built-in ones are {', '.join(DATASETS)}; an uploaded one is "
+        "1-64 lower-case letters, digits, '.', '_' or '-'"
+    )
+
+
+DatasetName = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(dataset_name)]
 
 
 def printable(text: str) -> str:
@@ -53,6 +65,8 @@ FilePath = Annotated[str, StringConstraints(min_length=1, max_length=4096), Afte
 DisplayName = Annotated[
     str, StringConstraints(min_length=1, max_length=200), AfterValidator(printable), AfterValidator(trimmed)
 ]
+# An uploaded data set's default `data.val_fraction`, as for the built-in tensor sets.
+UPLOADED_VAL_FRACTION = 0.1
 # Epoch numbers a spec may name (milestones, the switch): `epochs` is at most this.
 MAX_EPOCHS = 10_000
 Epoch = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
@@ -73,8 +87,21 @@ class SyntheticSpec(StrictModel):
     image_size: int = Field(32, ge=4, le=512)
 
 
+class UploadedData(StrictModel):
+    """What an uploaded data set's name stood for when the job was submitted, filled in by the
+    service from the data set's record (a spec that gives it must give exactly that): the job
+    trains on this content, whatever happens to the name later."""
+
+    sha256: str = Field(pattern=SHA256_PATTERN.pattern)
+    shape: tuple[Annotated[int, Field(ge=1, le=3)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
+    num_train: int = Field(ge=1)
+    num_test: int = Field(ge=1)
+    num_classes: int = Field(ge=2)
+
+
 class DataSpec(StrictModel):
     name: DatasetName = "digits"
+    uploaded: UploadedData | None = None  # for an uploaded data set's name; set by the service
     augment: bool = True
     # Loader processes for folder data sets (ImageNet); tensor data sets live on the device.
     num_workers: int = Field(0, ge=0, le=32)
@@ -92,7 +119,18 @@ class DataSpec(StrictModel):
         """`val_fraction`, or the registry's default for this data set."""
         if self.val_fraction is not None:
             return self.val_fraction
-        return DATASETS[self.name].val_fraction
+        info = DATASETS.get(self.name)
+        return info.val_fraction if info is not None else UPLOADED_VAL_FRACTION
+
+    @property
+    def is_uploaded(self) -> bool:
+        return self.name not in DATASETS
+
+    @model_validator(mode="after")
+    def _uploaded_only_for_uploads(self) -> DataSpec:
+        if self.uploaded is not None and not self.is_uploaded:
+            raise ValueError(f"data.uploaded: {self.name} is a built-in data set, not an uploaded one")
+        return self
 
     @model_validator(mode="after")
     def _subset_fits(self) -> DataSpec:
@@ -102,6 +140,10 @@ class DataSpec(StrictModel):
         available: int | None
         if self.name == "synthetic":
             classes, available = self.synthetic.num_classes, self.synthetic.num_train
+        elif self.is_uploaded:  # checked once the service has filled in `uploaded`
+            if self.uploaded is None:
+                return self
+            classes, available = self.uploaded.num_classes, self.uploaded.num_train
         else:  # the registry's counts; an ImageFolder tree's are known only once it is read
             info = DATASETS[self.name]
             classes, available = info.num_classes, None if info.streamed else info.num_train

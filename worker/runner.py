@@ -46,6 +46,7 @@ from tsla_core.checkpoint import (
 from tsla_core.loop import DivergedError
 from tsla_core.readers import DatasetError
 from tsla_service import events, experiments, jobs, results
+from tsla_service.dataset_cache import DatasetCache, DatasetFetchError
 from tsla_service.db import session_factory
 from tsla_service.models import Job
 from tsla_service.settings import Settings
@@ -330,6 +331,17 @@ def resolve_teacher(run: JobRun) -> Path | None:
     return local
 
 
+def fetch_uploaded(run: JobRun) -> Path | None:
+    """The local, verified copy of the job's uploaded data set (fetched by content hash into the
+    worker's cache, shared by the jobs on this machine); None for a built-in data set. A fetch
+    that fails (storage unreachable, a stored copy that does not verify) releases the attempt."""
+    uploaded = run.spec.data.uploaded
+    if uploaded is None:
+        return None
+    cache = DatasetCache(run.storage, run.settings.resolved_work_dir / "datasets")
+    return cache.local(uploaded.sha256)
+
+
 def prepare_run_dir(settings: Settings, storage: Storage, job_id: str) -> Path:
     """Where the core writes: the storage folder itself, or scratch holding the stored checkpoints."""
     if storage.is_local:
@@ -388,10 +400,12 @@ def train_attempt(run: JobRun, heartbeat: Heartbeat) -> str:
         run.log(f"attempt {run.attempt} started on {run.worker_id}")
         run_dir = prepare_run_dir(run.settings, run.storage, run.job_id)
         teacher_path = resolve_teacher(run)
-        result = train(run.spec, run_dir, run.settings.data_root, run.hooks(heartbeat), teacher_path)
+        uploaded = fetch_uploaded(run)
+        hooks = run.hooks(heartbeat)
+        result = train(run.spec, run_dir, run.settings.data_root, hooks, teacher_path, uploaded=uploaded)
     except USER_ERRORS as error:
         return run.finish("failed", describe(error))
-    except CheckpointStorageError as error:
+    except (CheckpointStorageError, DatasetFetchError) as error:
         return run.release(str(error))
     except Exception as error:
         run.log(traceback.format_exc(), level="error")

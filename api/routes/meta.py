@@ -10,11 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.deps import CurrentToken, SessionDep, SettingsDep, current_token
-from api.schemas import ERROR_RESPONSES, DatasetPublic, Message, Readiness
+from api.deps import CurrentToken, SessionDep, current_token
+from api.schemas import ERROR_RESPONSES, Message, Readiness
 from tsla_service.models import ApiToken
 from tsla_service.workers import BEAT_SECONDS, STALE_AFTER, live_workers
-from tsla_spec.datasets import DATASETS
 from tsla_spec.presets import PRESETS
 
 router = APIRouter(tags=["meta"])
@@ -24,29 +23,6 @@ router = APIRouter(tags=["meta"])
 def list_presets() -> dict[str, dict[str, Any]]:
     """Named starting points for a job spec, with their fields."""
     return PRESETS
-
-
-@router.get(
-    "/datasets",
-    response_model=list[DatasetPublic],
-    dependencies=[Depends(current_token)],
-    responses=ERROR_RESPONSES,
-)
-def list_datasets(settings: SettingsDep) -> list[DatasetPublic]:
-    """The data sets a job can name, and whether each is installed on this server."""
-    found = []
-    for info in DATASETS.values():
-        problem = info.problem(settings.data_root)
-        found.append(
-            DatasetPublic(
-                name=info.name,
-                description=info.description,
-                num_classes=info.num_classes,
-                available=problem is None,
-                problem=problem,
-            )
-        )
-    return found
 
 
 @router.get("/healthz")

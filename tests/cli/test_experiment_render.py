@@ -82,7 +82,7 @@ def test_the_small_protocols_are_the_brief() -> None:
     assert (digits.epochs, digits.schedule.milestones, digits.data.name) == (10, (6, 8), "digits")
     assert PROTOCOLS["digits"].switch_epochs == (3, 7)
     fashion = build_spec({**PROTOCOLS["fashion-mnist-small"].base, "smoothing": {"method": "lsr"}})
-    assert (fashion.epochs, fashion.schedule.milestones, fashion.data.train_subset) == (12, (6, 10), 6_000)
+    assert (fashion.epochs, fashion.schedule.milestones, fashion.data.train_subset) == (10, (5, 8), 4_000)
 
 
 # --- input --------------------------------------------------------------------------------------------

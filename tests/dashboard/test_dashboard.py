@@ -16,18 +16,17 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.dashboard._browser import ARTIFACTS, UI_TIMEOUT_MS, VIEWPORT, PageProblems
 from tests.integration._support import (
     FINISHED,
     MAIN_EPOCHS,
     MAIN_SPEC,
     MAIN_SWITCH,
-    REPO_ROOT,
     Service,
     embedded_stack,
     wait_for,
@@ -35,17 +34,6 @@ from tests.integration._support import (
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = REPO_ROOT / "test-artifacts"
 # A job long enough to be watched live and canceled (digits trains about two epochs a second here).
 LONG_SPEC: dict[str, Any] = {
     "preset": "digits",
@@ -53,8 +41,6 @@ LONG_SPEC: dict[str, Any] = {
     "smoothing": {"method": "tsla", "switch_epoch": 150},
     "checkpoint": {"every": 50},
 }
-VIEWPORT = {"width": 1360, "height": 900}
-UI_TIMEOUT_MS = 30_000
 # Every chart and the metric series it draws (their legend labels).
 CHART_SERIES = {
     "loss": ["train loss", "test loss"],
@@ -79,79 +65,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     # A short lease: the worker sees a cancel within lease/3 = 5 s (as in the PostgreSQL tests).
     with embedded_stack(tmp_path_factory.mktemp("dashboard"), TSLA_LEASE_SECONDS="15") as service:
         yield service
-
-
-@pytest.fixture(scope="module")
-def playwright_api() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs the Debian package chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: scripts/setup.sh installs it with the dev extra")
-    with sync_playwright() as playwright:
-        yield playwright
-
-
-@pytest.fixture
-def browser(playwright_api: Any) -> Iterator[Any]:
-    browser = playwright_api.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-EVENTS_URL = re.compile(r"/jobs/[0-9a-f]+/events$")
-
-
-@dataclass
-class PageProblems:
-    """Everything that should not happen in normal use, as seen by the page's listeners."""
-
-    console: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    event_streams: int = 0
-
-    def watch(self, page: Any) -> None:
-        page.on("console", self.on_console)
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-        page.on("request", self.on_request)
-        page.on("requestfailed", lambda req: self.failed.append((req.url, f"{req.method}: {req.failure}")))
-        page.on(
-            "response",
-            lambda res: (
-                self.failed.append((res.url, f"{res.request.method}: HTTP {res.status}"))
-                if res.status >= 400
-                else None
-            ),
-        )
-
-    def on_console(self, message: Any) -> None:
-        if message.type in ("error", "warning", "assert"):
-            self.console.append(f"{message.type}: {message.text} ({message.location})")
-
-    def on_request(self, request: Any) -> None:
-        if EVENTS_URL.search(request.url):
-            self.event_streams += 1
-
-    def assert_none(self, page: Any) -> None:
-        assert self.console == [], self.console
-        assert self.errors == [], self.errors
-        # Every event stream the page opened was read to the server's `end`, none dropped.
-        streams = page.evaluate("() => window.tslaDashboard.summary().streams")
-        assert streams == {"opened": self.event_streams, "ended": self.event_streams, "dropped": 0}, streams
-        # Chromium (156) now and then reports a fetch() that JavaScript read to its end as
-        # net::ERR_ABORTED when the response says `Cache-Control: no-store`, as sse-starlette's
-        # event streams do, although the whole body arrived (a plain streamed response never
-        # shows it). Given the check above, that report on /events is no failure.
-        failed = [
-            f"{url} {what}"
-            for url, what in self.failed
-            if not (EVENTS_URL.search(url) and what == "GET: net::ERR_ABORTED")
-        ]
-        assert failed == [], failed
 
 
 def plotted(page: Any, canvas_id: str) -> list[dict[str, Any]]:

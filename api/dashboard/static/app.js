@@ -8,6 +8,8 @@
  * cursor and then the job's server-sent events, read with fetch() because EventSource cannot
  * send an Authorization header. `#/experiments` the experiments, `#/experiments/<id>` one: its
  * results table and per-group curves (mean ± std band, switch epochs), polled until it ends.
+ * `#/datasets` the built-in and uploaded data sets, `#/datasets/<name>` one upload: its classes,
+ * a grid of sample images (fetched with the token, shown from a blob: URL) and what its checks found.
  */
 "use strict";
 
@@ -218,7 +220,8 @@
   function leaveView() {
     if (current) current.dispose();
     current = null;
-    for (const id of ["jobs-view", "job-view", "experiments-view", "experiment-view", "token-view"]) $(id).hidden = true;
+    const views = ["jobs-view", "job-view", "experiments-view", "experiment-view", "datasets-view", "dataset-view", "token-view"];
+    for (const id of views) $(id).hidden = true;
   }
 
   function route() {
@@ -232,11 +235,16 @@
     const job = /^#\/jobs\/([^/?#]+)\/?$/.exec(hash);
     const experiment = /^#\/experiments\/([^/?#]+)\/?$/.exec(hash);
     const experiments = /^#\/experiments\/?$/.test(hash);
-    $("nav-jobs").classList.toggle("active", !job && !experiment && !experiments);
+    const dataset = /^#\/datasets\/([^/?#]+)\/?$/.exec(hash);
+    const datasets = /^#\/datasets\/?$/.test(hash);
+    $("nav-jobs").classList.toggle("active", !job && !experiment && !experiments && !dataset && !datasets);
     $("nav-experiments").classList.toggle("active", Boolean(experiment || experiments));
+    $("nav-datasets").classList.toggle("active", Boolean(dataset || datasets));
     if (job) current = new JobView(decodeURIComponent(job[1]));
     else if (experiment) current = new ExperimentView(decodeURIComponent(experiment[1]));
     else if (experiments) current = new ExperimentsView();
+    else if (dataset) current = new DatasetView(decodeURIComponent(dataset[1]));
+    else if (datasets) current = new DatasetsView();
     else current = new JobsView();
   }
 
@@ -1192,6 +1200,264 @@
       chart.$tslaSwitches = groupSwitches(groups);
       chart.update("none");
       window.tslaCharts = this.charts;
+    }
+  }
+
+  // --- data sets -------------------------------------------------------------------------------
+
+  const SAMPLES_PER_CLASS = 8;
+  // The largest over the smallest train class count above which the imbalance is worth a line.
+  const IMBALANCE_SHOWN = 1.5;
+  const LEAKAGE_EXAMPLES = 5;
+
+  function fmtShape(shape) {
+    return Array.isArray(shape) && shape.length ? shape.join("×") : "—";
+  }
+
+  function fmtCount(value) {
+    return typeof value === "number" ? value.toLocaleString("en-US") : "—";
+  }
+
+  const datasetHref = (name) => `#/datasets/${encodeURIComponent(name)}`;
+
+  /** A count as a bar, its length relative to `max` (CSS only: a track and a fill). */
+  function countBar(count, max, kind) {
+    const fill = el("div", { class: `count-fill ${kind}` });
+    fill.style.width = `${max > 0 ? ((100 * count) / max).toFixed(1) : 0}%`;
+    return el("div", { class: "count-bar", title: `${fmtCount(count)} ${kind} images` }, fill);
+  }
+
+  class DatasetsView {
+    constructor() {
+      this.alive = true;
+      document.title = "TSLA · Data sets";
+      delete $("datasets-view").dataset.loaded;
+      $("datasets-view").hidden = false;
+      this.load();
+    }
+
+    dispose() {
+      this.alive = false;
+    }
+
+    async load() {
+      try {
+        const items = await apiJson("/datasets");
+        if (!this.alive) return;
+        hideBanner();
+        this.render(items);
+      } catch (error) {
+        if (this.alive) reportError(error);
+      }
+    }
+
+    render(items) {
+      $("datasets-body").replaceChildren(...items.map((item) => this.row(item)));
+      $("datasets-empty").hidden = items.length > 0;
+      const uploaded = items.filter((item) => item.kind === "uploaded").length;
+      setText($("datasets-count"), `${items.length - uploaded} built-in, ${uploaded} uploaded`);
+      $("datasets-view").dataset.loaded = "true";
+    }
+
+    row(item) {
+      // Only an upload has a page of its own: the built-in ones have no stored samples to show.
+      const href = item.kind === "uploaded" ? datasetHref(item.name) : null;
+      const status = item.available
+        ? el("span", { class: "badge badge-succeeded" }, "available")
+        : el("span", { class: "problem" }, item.problem || "not available");
+      return el(
+        "tr",
+        {
+          class: href ? null : "static-row",
+          dataset: { datasetName: item.name, kind: item.kind },
+          onclick: href ? () => { location.hash = href; } : null,
+        },
+        el(
+          "td",
+          { class: "nowrap", title: item.description },
+          href ? el("a", { class: "job-name", href }, item.name) : el("span", { class: "job-name" }, item.name),
+        ),
+        el("td", {}, el("span", { class: "tag" }, item.kind)),
+        el("td", { class: "num" }, fmtCount(item.num_classes)),
+        el("td", { class: "mono" }, fmtShape(item.shape)),
+        el("td", { class: "num" }, fmtCount(item.num_train)),
+        el("td", { class: "num" }, fmtCount(item.num_test)),
+        el("td", { class: "num nowrap" }, fmtBytes(item.bytes)),
+        el("td", {}, status),
+      );
+    }
+  }
+
+  class DatasetView {
+    constructor(name) {
+      this.name = name;
+      this.path = `/datasets/${encodeURIComponent(name)}`;
+      this.alive = true;
+      this.abort = new AbortController();
+      this.imageUrl = null;
+      this.reset();
+      document.title = "TSLA · Data set";
+      $("dataset-view").hidden = false;
+      this.load();
+    }
+
+    reset() {
+      for (const id of ["ds-name", "ds-kind", "ds-description", "ds-classes-count", "ds-samples-note"]) setText($(id), "");
+      for (const id of ["ds-facts", "ds-findings-body", "ds-classes-body", "ds-sample-labels"]) $(id).replaceChildren();
+      const view = $("dataset-view");
+      delete view.dataset.loaded;
+      delete view.dataset.samplesLoaded;
+      this.clearImage();
+    }
+
+    dispose() {
+      this.alive = false;
+      this.abort.abort();
+      this.clearImage();
+    }
+
+    clearImage() {
+      const image = $("ds-samples-img");
+      image.onload = null;
+      image.removeAttribute("src");
+      image.hidden = true;
+      if (this.imageUrl) URL.revokeObjectURL(this.imageUrl);
+      this.imageUrl = null;
+    }
+
+    async load() {
+      try {
+        const dataset = await apiJson(this.path, { signal: this.abort.signal });
+        if (!this.alive) return;
+        hideBanner();
+        this.render(dataset);
+        $("dataset-view").dataset.loaded = "true";
+        if (dataset.kind === "uploaded") await this.loadSamples(dataset);
+      } catch (error) {
+        if (this.alive) reportError(error);
+      }
+    }
+
+    render(dataset) {
+      document.title = `TSLA · ${dataset.name}`;
+      setText($("ds-name"), dataset.name);
+      setText($("ds-kind"), dataset.kind);
+      setText($("ds-description"), dataset.description);
+      this.renderFacts(dataset);
+      const classes = dataset.classes || [];
+      for (const id of ["ds-findings", "ds-classes-table", "ds-samples"]) {
+        $(id).closest("section.card").hidden = !classes.length;
+      }
+      if (!classes.length) return;
+      this.renderFindings(dataset.findings || {});
+      this.renderClasses(dataset);
+      const labels = $("ds-sample-labels");
+      // One grid row per class, stretched to the image's height: each is height / classes tall.
+      labels.style.gridTemplateRows = `repeat(${classes.length}, minmax(0, 1fr))`;
+      labels.replaceChildren(...classes.map((name, index) =>
+        el("li", { dataset: { classIndex: String(index) } }, el("span", { title: name }, name))));
+      setText($("ds-samples-note"), `the first ${SAMPLES_PER_CLASS} training images of each class`);
+    }
+
+    renderFacts(dataset) {
+      const sha = dataset.sha256;
+      const facts = [
+        ["source", "Source", dataset.source ? `${dataset.source}, ${fmtBytes(dataset.source_bytes)}` : "built in"],
+        ["sha256", "SHA-256", sha ? el("span", { class: "mono", title: sha }, `${sha.slice(0, 16)}…`) : "—"],
+        ["bytes", "Stored size", fmtBytes(dataset.bytes)],
+        ["created", "Created", fmtTime(dataset.created_at)],
+        ["shape", "Shape", fmtShape(dataset.shape)],
+        ["split", "Train / test", `${fmtCount(dataset.num_train)} / ${fmtCount(dataset.num_test)}`],
+      ];
+      if (dataset.kind === "builtin") facts.push(["status", "Status", dataset.available ? "available" : dataset.problem]);
+      $("ds-facts").replaceChildren(...facts.map(([key, term, value]) =>
+        el("div", { dataset: { fact: key } }, el("dt", {}, term), el("dd", {}, value))));
+    }
+
+    renderFindings(findings) {
+      const items = [];
+      const ratio = findings.imbalance_ratio;
+      if (typeof ratio === "number" && ratio > IMBALANCE_SHOWN) {
+        const small = findings.small_classes || [];
+        items.push(el(
+          "li",
+          { dataset: { finding: "imbalance" } },
+          el(
+            "div",
+            { class: "alert alert-info" },
+            el("strong", {}, "Class imbalance: "),
+            `the largest train class is ${ratio.toFixed(2)}× the smallest`,
+            small.length ? `; small classes: ${small.join(", ")}` : "",
+            ".",
+          ),
+        ));
+      }
+      const duplicates = findings.duplicates || {};
+      if (duplicates.count > 0) {
+        const pairs = (duplicates.examples || [])
+          .slice(0, LEAKAGE_EXAMPLES)
+          .map(([train, test]) => `train #${train} = test #${test}`);
+        const images = duplicates.count === 1
+          ? "test image is a copy of a training image"
+          : "test images are copies of training images";
+        items.push(el(
+          "li",
+          { dataset: { finding: "leakage", count: String(duplicates.count) } },
+          el(
+            "div",
+            { class: "alert alert-warning" },
+            el("strong", {}, "Train/test leakage: "),
+            `${fmtCount(duplicates.count)} ${images}`,
+            pairs.length ? ` (e.g. ${pairs.join(", ")})` : "",
+            ".",
+          ),
+        ));
+      }
+      for (const note of findings.notes || []) {
+        const text = el("div", { class: "alert alert-info" }, el("strong", {}, "Note: "), note);
+        items.push(el("li", { dataset: { finding: "note" } }, text));
+      }
+      if (!items.length) items.push(el("li", { class: "muted", dataset: { finding: "none" } }, "No findings."));
+      $("ds-findings-body").replaceChildren(el("ul", { class: "findings" }, items));
+    }
+
+    renderClasses(dataset) {
+      const train = dataset.train_counts || [];
+      const test = dataset.test_counts || [];
+      const maxTrain = Math.max(0, ...train);
+      const maxTest = Math.max(0, ...test);
+      const small = new Set((dataset.findings && dataset.findings.small_classes) || []);
+      $("ds-classes-body").replaceChildren(...dataset.classes.map((name, index) => el(
+        "tr",
+        { class: small.has(name) ? "small-class" : null, dataset: { classIndex: String(index) } },
+        el("td", { title: small.has(name) ? "under half the mean train count" : null }, name),
+        el("td", { class: "num" }, fmtCount(train[index])),
+        el("td", {}, countBar(train[index] || 0, maxTrain, "train")),
+        el("td", { class: "num" }, fmtCount(test[index])),
+        el("td", {}, countBar(test[index] || 0, maxTest, "test")),
+      )));
+      const count = dataset.classes.length;
+      setText($("ds-classes-count"), `${count} ${count === 1 ? "class" : "classes"}`);
+    }
+
+    /** The grid PNG, fetched with the token (an <img src> cannot send it) and shown from a blob URL. */
+    async loadSamples(dataset) {
+      const query = new URLSearchParams({ per_class: String(SAMPLES_PER_CLASS) });
+      const response = await api(`${this.path}/samples.png?${query}`, {
+        headers: { Accept: "image/png" },
+        signal: this.abort.signal,
+      });
+      const blob = await response.blob();
+      if (!this.alive) return;
+      const image = $("ds-samples-img");
+      this.imageUrl = URL.createObjectURL(blob);
+      image.alt = `the first training images of each of the ${dataset.classes.length} classes, one row per class`;
+      image.onload = () => {
+        if (!this.alive) return;
+        image.hidden = false;
+        $("dataset-view").dataset.samplesLoaded = "true";
+      };
+      image.src = this.imageUrl;
     }
   }
 
