@@ -124,6 +124,11 @@ async def append_upload(
     completes the upload answers with the data set; a refused one ends the upload (4xx)."""
     upload = await run_in_threadpool(owned_upload, session, token.id, upload_id)
     await run_in_threadpool(session.commit)  # hold no database connection while the bytes stream
+    if not 0 <= offset <= upload.size:
+        now = datasets.received(settings, upload)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"Upload-Offset {offset} is not the upload's offset {now}"
+        )
     remaining = upload.size - offset
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > remaining:

@@ -265,3 +265,75 @@ def test_the_sample_grid_shows_each_classes_first_images(backend_api: Api, token
         ]
         assert np.array_equal(drawn, first)
     assert api.client.get("/datasets/grid/samples.png", headers=tokens["bob"]).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "t", "size": "10", "sha256": "4" * 64},  # a string is not a size
+        {"name": "t", "size": 10.0, "sha256": "4" * 64},
+        {"name": "t", "size": True, "sha256": "4" * 64},
+        {"name": "t", "size": 0, "sha256": "4" * 64},
+        {"name": "t", "size": 2**63, "sha256": "4" * 64},
+        {"name": "t", "size": 10, "sha256": "A" * 64},
+        {"name": "t", "size": 10, "sha256": "4" * 63},
+        {"name": "t", "size": 10, "sha256": "4" * 64, "image_size": 3},
+        {"name": "t", "size": 10, "sha256": "4" * 64, "format": "rar"},
+        {"name": "t", "size": 10, "sha256": "4" * 64, "extra": 1},
+        {"name": "é", "size": 10, "sha256": "4" * 64},
+        {"name": "t\n", "size": 10, "sha256": "4" * 64},
+        {"size": 10, "sha256": "4" * 64},
+    ],
+)
+def test_bad_upload_declarations_are_422_and_store_nothing(
+    backend_api: Api, tokens: dict[str, Any], body: dict[str, Any]
+) -> None:
+    api = backend_api
+    before = leftover_uploads(api)
+    response = api.client.post("/uploads", json=body, headers=tokens["alice"])
+    assert response.status_code == 422, response.text
+    assert leftover_uploads(api) == before
+
+
+@pytest.mark.parametrize(
+    ("offset", "status"),
+    [
+        ("-1", 422),
+        ("999999", 409),
+        ("1", 409),
+        ("99999999999999999999", 422),
+        ("١".encode().decode("latin-1"), 422),
+        ("", 422),
+        ("0x0", 422),
+    ],
+)
+def test_bad_offsets_change_nothing(
+    backend_api: Api, tokens: dict[str, Any], offset: str, status: int
+) -> None:
+    api, alice = backend_api, tokens["alice"]
+    data = digits_npz(seed=9)
+    upload_id = start(api, alice, f"offsets-{abs(hash(offset)) % 10**6}", data).json()["upload"]["id"]
+    response = api.client.patch(
+        f"/uploads/{upload_id}",
+        content=data[:100],
+        headers={**alice, "Upload-Offset": offset.encode("latin-1")},
+    )
+    assert response.status_code == status, response.text
+    assert api.client.get(f"/uploads/{upload_id}", headers=alice).json()["upload"]["offset"] == 0
+    missing = api.client.patch(f"/uploads/{upload_id}", content=data[:100], headers=alice)
+    assert missing.status_code == 422
+    assert api.client.delete(f"/uploads/{upload_id}", headers=alice).status_code == 204
+
+
+def test_concurrent_chunks_at_one_offset_append_once(backend_api: Api, tokens: dict[str, Any]) -> None:
+    """Two clients send the first chunk at once: one is appended, the other is a 409, never both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    api, alice = backend_api, tokens["alice"]
+    data = digits_npz(seed=10)
+    upload_id = start(api, alice, "raced", data).json()["upload"]["id"]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _i: send(api, alice, upload_id, data, 0).status_code, range(4)))
+    assert sorted(answers).count(200) == 1 and set(answers) <= {200, 409}, answers
+    assert api.client.get(f"/uploads/{upload_id}", headers=alice).json()["upload"]["offset"] == CHUNK
+    assert api.client.delete(f"/uploads/{upload_id}", headers=alice).status_code == 204
