@@ -76,6 +76,19 @@ def authenticate(session: Session, token: str) -> ApiToken | None:
     return row
 
 
+# "An active token with sha256 :token_sha256 owns job :job_id", as a clause a page query ANDs in:
+# then one statement both checks the caller and reads the rows (api/deps.py OwnedJobReader).
+OWNED_BY_TOKEN = (
+    select(Job.id)
+    .join(ApiToken, ApiToken.id == Job.owner)
+    .where(
+        Job.id == bindparam("job_id"),
+        ApiToken.token_sha256 == bindparam("token_sha256"),
+        ApiToken.revoked_at.is_(None),
+    )
+    .exists()
+)
+
 # owns_job's one query, built once (building it costs more than running it on the hot paths).
 OWNS_JOB = (
     select(ApiToken.token_sha256, ApiToken.revoked_at, Job.id.label("job_id"))

@@ -19,6 +19,7 @@ from api.deps import OwnedJobRead, SettingsDep
 from api.params import Int64, LogsPageSize, MetricsPageSize
 from api.schemas import JOB_RESPONSES, LogPublic, LogsPage, MetricPublic, MetricsPage
 from tsla_service.models import LogLine, Metric
+from tsla_service.tokens import OWNED_BY_TOKEN
 
 router = APIRouter(prefix="/jobs", tags=["metrics"], responses=JOB_RESPONSES)
 
@@ -30,26 +31,27 @@ METRIC_COLUMNS = [getattr(Metric, field) for field in MetricPublic.model_fields]
 LOG_COLUMNS = [getattr(LogLine, field) for field in LogPublic.model_fields]
 
 # The page statements, built once: building one per request costs more than running it. Their
-# parameters: job_id, after (seqs start at 1, so "no cursor" is after=0), limit and name.
+# parameters: job_id, after (seqs start at 1, so "no cursor" is after=0), limit, name, and
+# token_sha256: each carries the check that the caller owns the job (OwnedJobRead).
 METRICS_PAGE = (
     select(*METRIC_COLUMNS)
-    .where(Metric.job_id == bindparam("job_id"), Metric.seq > bindparam("after"))
+    .where(Metric.job_id == bindparam("job_id"), Metric.seq > bindparam("after"), OWNED_BY_TOKEN)
     .order_by(Metric.seq)
     .limit(bindparam("limit"))
 )
 METRICS_PAGE_OF_NAME = METRICS_PAGE.where(Metric.name == bindparam("name"))
 LOGS_PAGE = (
     select(*LOG_COLUMNS)
-    .where(LogLine.job_id == bindparam("job_id"), LogLine.seq > bindparam("after"))
+    .where(LogLine.job_id == bindparam("job_id"), LogLine.seq > bindparam("after"), OWNED_BY_TOKEN)
     .order_by(LogLine.seq)
     .limit(bindparam("limit"))
 )
 
 
-def page_body(connection: Connection, statement: Select[Any], params: dict[str, Any]) -> bytes:
-    """The JSON page (items, next_after, has_more) of a page statement: up to
-    `params["limit"]` rows after `params["after"]` (None: from the start), asking for one more to
-    tell has_more."""
+def page_body(connection: Connection, statement: Select[Any], params: dict[str, Any]) -> tuple[bytes, bool]:
+    """The JSON page (items, next_after, has_more) of a page statement, and whether it is empty:
+    up to `params["limit"]` rows after `params["after"]` (None: from the start), asking for one
+    more to tell has_more."""
     limit, after = params["limit"], params["after"]
     result = connection.execute(statement, {**params, "after": after or 0, "limit": limit + 1})
     keys = list(result.keys())
@@ -59,7 +61,7 @@ def page_body(connection: Connection, statement: Select[Any], params: dict[str, 
     body = {"items": page, "next_after": page[-1]["seq"] if page else after, "has_more": len(rows) > limit}
     # The rows come typed from the columns, so pydantic-core serialises them without a validation
     # pass (MetricsPage and LogsPage, the docs' response models, give the same bytes: a test says so).
-    return pydantic_core.to_json(body)
+    return pydantic_core.to_json(body), not page
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage)
@@ -72,8 +74,8 @@ async def list_metrics(
 ) -> Response:
     limit = min(limit, settings.metrics_page_max)
 
-    def metrics_page(connection: Connection, job_id: str) -> bytes:
-        params = {"job_id": job_id, "after": after, "limit": limit}
+    def metrics_page(connection: Connection, owner: dict[str, str]) -> tuple[bytes, bool]:
+        params = {**owner, "after": after, "limit": limit}
         if name is None:
             return page_body(connection, METRICS_PAGE, params)
         return page_body(connection, METRICS_PAGE_OF_NAME, {**params, "name": name})
@@ -85,7 +87,7 @@ async def list_metrics(
 async def list_logs(
     read: OwnedJobRead, after: After = None, limit: Annotated[LogsPageSize, Query()] = 500
 ) -> Response:
-    def logs_page(connection: Connection, job_id: str) -> bytes:
-        return page_body(connection, LOGS_PAGE, {"job_id": job_id, "after": after, "limit": limit})
+    def logs_page(connection: Connection, owner: dict[str, str]) -> tuple[bytes, bool]:
+        return page_body(connection, LOGS_PAGE, {**owner, "after": after, "limit": limit})
 
     return Response(await read(logs_page), media_type="application/json")
