@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/datasets.py [--sizes 50,500] [--rounds 2] [--train-subset 10000]
 
-(a) Upload: for each size (MB), an ImageFolder .tar of random-noise 32x32 RGB PNGs (10 classes,
+(a) Upload: for each size (MB), an ImageFolder .tar of random-noise RGB PNGs (32x32, `--side`) (10 classes,
     a tenth of them in test/) is uploaded with the client (8 MiB chunks, `TslaClient.upload_dataset`)
     to a fresh API process (uvicorn, `api.main:create_app`, SQLite home; no worker). Reported: the
     upload's MB/s (all PATCHes but the last, which also checks and converts), the last chunk's
@@ -56,19 +56,19 @@ def log(message: str) -> None:
 # --- (a) upload ------------------------------------------------------------------------------
 
 
-def noise_png(rng: np.random.Generator) -> bytes:
+def noise_png(rng: np.random.Generator, side: int) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8), mode="RGB").save(buffer, "PNG")
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), mode="RGB").save(buffer, "PNG")
     return buffer.getvalue()
 
 
-def write_archive(path: Path, megabytes: int, seed: int = 0) -> int:
+def write_archive(path: Path, megabytes: int, side: int, seed: int = 0) -> int:
     """An ImageFolder tar of about `megabytes` MB of noise PNGs; returns the image count."""
     rng = np.random.default_rng(seed)
     target, written, count = megabytes * 1_000_000, 0, 0
     with tarfile.open(path, "w") as tar:
         while written < target:
-            data = noise_png(rng)
+            data = noise_png(rng, side)
             split = "test" if (count // CLASSES) % 10 == 0 else "train"
             info = tarfile.TarInfo(f"{split}/class-{count % CLASSES}/{count:07d}.png")
             info.size = len(data)
@@ -221,6 +221,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="(b) runs per data set")
     parser.add_argument("--train-subset", type=int, default=10_000, help="(b) training images")
     parser.add_argument("--only", default="a,b")
+    parser.add_argument(
+        "--side", type=int, default=SIDE, help="(a) image side in pixels (fewer, larger files)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tsla-bench-datasets-") as tmp:
         scratch = Path(tmp)
@@ -228,14 +231,17 @@ def main() -> None:
         if "a" in args.only:
             for megabytes in (int(m) for m in args.sizes.split(",")):
                 archive = scratch / f"noise-{megabytes}.tar"
-                count = write_archive(archive, megabytes)
+                count = write_archive(archive, megabytes, args.side)
                 log(f"(a) wrote {archive.name}: {archive.stat().st_size / 1e6:.0f} MB, {count:,} images")
                 result = measure_upload(archive, scratch / f"home-{megabytes}")
                 uploads.append(result)
                 log(f"(a) {json.dumps(result)}")
                 archive.unlink()
         training = measure_training(args.rounds, args.train_subset, scratch) if "b" in args.only else None
-    print("\n(a) upload of an ImageFolder tar of 32x32 RGB noise PNGs, 8 MiB chunks, to a fresh API process")
+    side = f"{args.side}x{args.side}"
+    print(
+        f"\n(a) upload of an ImageFolder tar of {side} RGB noise PNGs, 8 MiB chunks, to a fresh API process"
+    )
     header = ("MB", "images", "upload MB/s", "last chunk s", "total s", "VmHWM +MiB", "RssAnon +MiB")
     print(" ".join(f"{name:>13}" for name in header))
     for row in uploads:
