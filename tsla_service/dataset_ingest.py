@@ -9,8 +9,8 @@ disk; and a refusal is an IngestError that says what to fix, with nothing left b
 
 This runs in the API process, so it never imports torch or the core (tests/test_architecture.py):
 Pillow decodes, converts and resizes images, numpy writes the arrays into preallocated .npy files
-(numpy.lib.format.open_memmap) and reads .npz members a chunk at a time through its own header
-reader, so no array is ever held whole in memory.
+(_RowFile: seek + write, never a memory map) and reads .npz members a chunk at a time through its
+own header reader, so no array is ever held whole in memory.
 
 ImageFolder rules:
 - Members are `train/<class>/<image>` and `test/<class>/<image>`, optionally all under one
@@ -488,19 +488,41 @@ class _Target:
         return (1 if self.mode == "L" else 3), self.height, self.width
 
 
+class _RowFile:
+    """A .npy file written a row (or a run of rows) at a time with seek + write. Not a memory map:
+    the pages of a mapped output count in the API process's RSS for the whole conversion, so a
+    500 MB upload would look like 500 MB of memory; written pages only sit in the page cache."""
+
+    def __init__(self, path: Path, dtype: type[np.generic], shape: tuple[int, ...]) -> None:
+        self.dtype = np.dtype(dtype)
+        self.file = path.open("w+b")
+        header = {"descr": npy_format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        npy_format.write_array_header_2_0(self.file, header)
+        self.start = self.file.tell()
+        self.row_bytes = self.dtype.itemsize * math.prod(shape[1:])
+        self.file.truncate(self.start + shape[0] * self.row_bytes)
+
+    def __setitem__(self, rows: int | slice, values: np.ndarray) -> None:
+        first = rows.start if isinstance(rows, slice) else rows
+        self.file.seek(self.start + first * self.row_bytes)
+        self.file.write(np.ascontiguousarray(values, dtype=self.dtype).data)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def _convert_image_folder(upload: _Upload, staging: Path) -> _Converted:
     layout = _plan_image_folder(upload)
     target, notes = _survey_images(upload, layout)
     images = {}
     for split, labels in layout.labels.items():
         np.save(staging / f"y_{split}.npy", np.array(labels, dtype=np.int64))
-        shape = (len(labels), *target.shape)
-        images[split] = npy_format.open_memmap(
-            staging / f"x_{split}.npy", mode="w+", dtype=np.uint8, shape=shape
-        )
-    _decode_images(upload, layout, target, images)
-    for array in images.values():
-        array.flush()
+        images[split] = _RowFile(staging / f"x_{split}.npy", np.uint8, (len(labels), *target.shape))
+    try:
+        _decode_images(upload, layout, target, images)
+    finally:
+        for rows in images.values():
+            rows.close()
     return _Converted(layout.classes, notes)
 
 
@@ -671,9 +693,7 @@ def _conversion_notes(modes: Counter[str], grey: int, images: int, mode: str) ->
     return notes
 
 
-def _decode_images(
-    upload: _Upload, layout: _Layout, target: _Target, images: Mapping[str, np.ndarray]
-) -> None:
+def _decode_images(upload: _Upload, layout: _Layout, target: _Target, images: Mapping[str, _RowFile]) -> None:
     """Pass 3: each image decoded, converted and written into its row, one at a time."""
     with closing(_files(upload, layout.sizes)) as files:
         for name, data in files:
@@ -961,17 +981,17 @@ class _Npz:
 
     def copy_labels(self, staging: Path, key: str, num_classes: int) -> list[int]:
         """The labels as int64, copied in chunks; returns the count of each class."""
-        out = npy_format.open_memmap(
-            staging / f"{key}.npy", mode="w+", dtype=np.int64, shape=self.headers[key].shape
-        )
+        out = _RowFile(staging / f"{key}.npy", np.int64, self.headers[key].shape)
         counts = np.zeros(num_classes, dtype=np.int64)
         row = 0
-        for chunk in self._chunks(key):
-            labels = chunk.astype(np.int64)  # checked to lie in 0 .. num_classes - 1
-            out[row : row + len(labels)] = labels
-            counts += np.bincount(labels, minlength=num_classes)
-            row += len(labels)
-        out.flush()
+        try:
+            for chunk in self._chunks(key):
+                labels = chunk.astype(np.int64)  # checked to lie in 0 .. num_classes - 1
+                out[row : row + len(labels)] = labels
+                counts += np.bincount(labels, minlength=num_classes)
+                row += len(labels)
+        finally:
+            out.close()
         return [int(count) for count in counts]
 
     def target(self) -> tuple[_Target, list[str]]:
@@ -999,22 +1019,23 @@ class _Npz:
     def copy_images(self, staging: Path, key: str, target: _Target) -> None:
         """The images as (N, C, H, W) uint8, in chunks; Pillow only where they are resized."""
         count, height, width, channels = self.images[key]
-        out = npy_format.open_memmap(
-            staging / f"{key}.npy", mode="w+", dtype=np.uint8, shape=(count, *target.shape)
-        )
+        out = _RowFile(staging / f"{key}.npy", np.uint8, (count, *target.shape))
         resized = (width, height) != (target.width, target.height)
         row = 0
-        for chunk in self._chunks(key):
-            images = chunk.reshape(len(chunk), height, width, channels)
-            if resized:
-                pillow = (Image.fromarray(image[..., 0] if channels == 1 else image) for image in images)
-                out[row : row + len(images)] = np.stack(
-                    [_canonical_pixels(image, target) for image in pillow]
-                )
-            else:  # channels last to first; a grey split broadcasts to all three channels of an RGB set
-                out[row : row + len(images)] = images.transpose(0, 3, 1, 2)
-            row += len(images)
-        out.flush()
+        try:
+            for chunk in self._chunks(key):
+                images = chunk.reshape(len(chunk), height, width, channels)
+                if resized:
+                    pillow = (Image.fromarray(image[..., 0] if channels == 1 else image) for image in images)
+                    out[row : row + len(images)] = np.stack(
+                        [_canonical_pixels(image, target) for image in pillow]
+                    )
+                else:  # channels last to first; a grey split broadcasts to all 3 channels of an RGB set
+                    pixels = images.transpose(0, 3, 1, 2)
+                    out[row : row + len(images)] = np.broadcast_to(pixels, (len(images), *target.shape))
+                row += len(images)
+        finally:
+            out.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1052,10 +1073,19 @@ def _summarize(staging: Path, source_format: SourceFormat, converted: _Converted
 
 
 def _row_chunks(array: np.ndarray) -> Iterator[np.ndarray]:
-    """Whole rows, about _CHUNK_BYTES at a time, so a memory-mapped array is never read at once."""
-    rows = max(1, _CHUNK_BYTES // max(array.itemsize * math.prod(array.shape[1:]), 1))
+    """Whole rows, about _CHUNK_BYTES at a time. A memory-mapped array's rows are read from its
+    file (plain reads, freed after use): touching the map would keep every page resident in the
+    process until the map is closed."""
+    row_bytes = array.itemsize * math.prod(array.shape[1:])
+    rows = max(1, _CHUNK_BYTES // max(row_bytes, 1))
     for start in range(0, len(array), rows):
-        yield array[start : start + rows]
+        if isinstance(array, np.memmap) and array.filename is not None:
+            count = min(rows, len(array) - start)
+            flat = np.fromfile(array.filename, array.dtype, count * math.prod(array.shape[1:]),
+                               offset=array.offset + start * row_bytes)  # fmt: skip
+            yield flat.reshape(count, *array.shape[1:])
+        else:
+            yield array[start : start + rows]
 
 
 def _content_sha256(arrays: Iterable[np.ndarray]) -> str:
