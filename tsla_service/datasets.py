@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, get_args
 
 import numpy as np
 from PIL import Image
@@ -266,8 +266,8 @@ def finish_upload(session: Session, settings: Settings, upload: DatasetUpload) -
 
 
 def upload_format(upload: DatasetUpload) -> SourceFormat | None:
-    allowed: tuple[SourceFormat, ...] = ("tar", "tar.gz", "zip", "npz")
-    return next((f for f in allowed if f == upload.source_format), None)
+    """The format the client declared (the API admits only SourceFormat's values), or None."""
+    return next((f for f in get_args(SourceFormat) if f == upload.source_format), None)
 
 
 def store_canonical(storage: Storage, folder: Path, manifest: DatasetManifest) -> None:
