@@ -61,7 +61,13 @@ class PageProblems:
     def assert_none(self, page: Any) -> None:
         assert self.console == [], self.console
         assert self.errors == [], self.errors
-        # Every event stream the page opened was read to the server's `end`, none dropped.
+        # Every event stream the page opened was read to the server's `end`, none dropped. A
+        # stream's last frames may still be in flight when the page shows what it already has,
+        # so wait until each opened stream either ended or dropped, then compare.
+        page.wait_for_function(
+            "n => { const s = window.tslaDashboard.summary().streams; return s.ended + s.dropped >= n; }",
+            arg=self.event_streams,
+        )
         streams = page.evaluate("() => window.tslaDashboard.summary().streams")
         assert streams == {"opened": self.event_streams, "ended": self.event_streams, "dropped": 0}, streams
         # Chromium (156) now and then reports a fetch() that JavaScript read to its end as

@@ -369,6 +369,6 @@ def test_dashboard_shows_an_experiment(stack: Service, browser: Any) -> None:
 
     # A member job's link opens its page.
     page.locator("#exp-jobs-body a").first.click()
-    page.wait_for_selector("#job-view[data-metrics-loaded='true']")
+    page.wait_for_selector("#job-view[data-stream-ended='true']")
     problems.assert_none(page)
     context.close()
