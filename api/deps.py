@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Annotated, TypeVar
+from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import Depends, HTTPException, Path, Request, status
@@ -14,15 +13,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine, Select
 from sqlalchemy.orm import Session
 
-from tsla_service.db import get_engine, session_factory
+from api.reads import Reads, Row, autocommit_engine, reads_for
+from tsla_service.db import session_factory
 from tsla_service.models import ApiToken, Experiment, Job
 from tsla_service.settings import Settings
 from tsla_service.tokens import authenticate, digest, owns_job
-
-T = TypeVar("T")
 
 
 # Dependencies that do no I/O are async: FastAPI runs each sync one in the thread pool, a hop
@@ -91,54 +89,47 @@ def owned_job(job_id: Annotated[str, Path(max_length=64)], session: SessionDep, 
 OwnedJob = Annotated[Job, Depends(owned_job)]
 
 
-@lru_cache(maxsize=8)
-def read_engine(url: str) -> Engine:
-    """The database's pooled engine in autocommit: a read of single statements then needs no
-    BEGIN and no ROLLBACK, two round trips of the five a page would otherwise take."""
-    return get_engine(url).execution_options(isolation_level="AUTOCOMMIT")
-
-
-# A guarded read: given the parameters of OWNED_BY_TOKEN (job_id, token_sha256), it runs one
-# statement that ANDs that clause in, and returns its result and whether it found no rows.
-GuardedRead = Callable[[Connection, dict[str, str]], tuple[T, bool]]
-
-
 @dataclass(frozen=True)
 class OwnedJobReader:
-    """Read-only access to a job the caller owns, for the hot paging routes: `await reader(read)`
-    runs `read` (a GuardedRead) on one pooled autocommit connection, in one trip to the thread
-    pool. The read's own statement carries the check that the caller's token is active and owns
-    the job (tsla_service.tokens.OWNED_BY_TOKEN), so a page with rows takes one query; only an
-    empty page needs a second, to tell a bad token (401) and another's job (404) from a page with
-    nothing in it yet. (OwnedJob + SessionDep cost three queries, an ORM session and five
-    thread-pool hops: most of a metrics page's time.)"""
+    """Read-only access to a job the caller owns, for the hot paging routes: `await
+    reader.rows(statement, params)` runs a page statement that ANDs in
+    tsla_service.tokens.OWNED_BY_TOKEN (its parameters job_id and token_sha256 are added here),
+    so a page with rows takes one query and checks that the caller's token is active and owns
+    the job. Only an empty page needs a second query, to tell a bad token (401) and another's job
+    (404) from a page with nothing in it yet. Where the statement runs: api.reads."""
 
+    reads: Reads
     engine: Engine
     job_id: str
     credentials: HTTPAuthorizationCredentials | None
 
-    async def __call__(self, read: GuardedRead[T]) -> T:
-        return await run_in_threadpool(self.checked_read, read)
-
-    def checked_read(self, read: GuardedRead[T]) -> T:
+    async def rows(self, statement: Select[Any], params: Mapping[str, Any]) -> list[Row]:
         if self.credentials is None:
             raise unauthorized("missing bearer token")
         token = self.credentials.credentials
+        owner = {"job_id": self.job_id, "token_sha256": digest(token)}
+        found = await self.reads.rows(statement, {**params, **owner})
+        if not found:
+            await run_in_threadpool(self.check_owner, token)
+        return found
+
+    def check_owner(self, token: str) -> None:
         with self.engine.connect() as connection:
-            found, empty = read(connection, {"job_id": self.job_id, "token_sha256": digest(token)})
-            if empty:
-                owns = owns_job(connection, token, self.job_id)
-                if owns is None:
-                    raise unauthorized("invalid or revoked token")
-                if not owns:
-                    raise job_not_found(self.job_id)
-            return found
+            owns = owns_job(connection, token, self.job_id)
+        if owns is None:
+            raise unauthorized("invalid or revoked token")
+        if not owns:
+            raise job_not_found(self.job_id)
 
 
 async def owned_job_reader(
-    job_id: Annotated[str, Path(max_length=64)], settings: SettingsDep, credentials: Credentials
+    request: Request,
+    job_id: Annotated[str, Path(max_length=64)],
+    credentials: Credentials,
 ) -> OwnedJobReader:
-    return OwnedJobReader(read_engine(settings.resolved_database_url), job_id, credentials)
+    url = request.app.state.settings.resolved_database_url
+    reads = reads_for(request.app.state.reads, url)
+    return OwnedJobReader(reads, autocommit_engine(url), job_id, credentials)
 
 
 OwnedJobRead = Annotated[OwnedJobReader, Depends(owned_job_reader)]

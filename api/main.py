@@ -12,6 +12,7 @@ from api.deps import reject_unknown_query
 from api.feeds import FeedRegistry
 from api.limits import RequestGuard
 from api.observability import MeasureLatency, Observability
+from api.reads import open_reads
 from api.routes import (
     checkpoints,
     datasets,
@@ -32,14 +33,19 @@ from tsla_service.settings import Settings, get_settings
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """While the API serves, it also reaps: lost workers' jobs are re-queued even when no worker runs."""
+    """While the API serves, it also reaps (lost workers' jobs are re-queued even when no worker
+    runs), and on PostgreSQL the paging routes read through an asyncio pool (api.reads)."""
     reaper = Reaper(app.state.settings, app.state.queue)
     reaper.start()
+    app.state.reads = await open_reads(app.state.settings.resolved_database_url)
     try:
         yield
     finally:
         reaper.stop()
         await app.state.feeds.close()
+        if app.state.reads is not None:
+            await app.state.reads.close()
+        app.state.reads = None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = make_celery(settings, "tsla-api")
     app.state.observability = Observability(settings)
     app.state.feeds = FeedRegistry(settings)  # event streams: one poller per watched job
+    app.state.reads = None  # the lifespan opens PostgreSQL's read pool
     app.add_middleware(MeasureLatency, observability=app.state.observability)
     # Upload chunks stream to disk (api/routes/datasets.py caps them); every other body is read here.
     app.add_middleware(

@@ -1,10 +1,10 @@
 """Metrics and logs of a job, paged by a cursor on their monotonic `seq`.
 
 A page is one index range scan on (job_id, seq) or (job_id, name, seq): its cost does not grow
-with the job's history. These are the hot paths of every dashboard and client, so they read
-plain rows on one connection (OwnedJobRead: one query for the token and the ownership, one for
-the page, one thread-pool hop) and pydantic-core validates and serialises them once into the
-body (a plain Response skips FastAPI's second pass).
+with the job's history. These are the hot paths of every dashboard and client, so the page
+statement itself carries the token and ownership check (OwnedJobRead: one query per page), runs
+off the thread pool on PostgreSQL (api.reads), and pydantic-core serialises its plain rows once
+into the body (a plain Response skips FastAPI's second pass).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import pydantic_core
 from fastapi import APIRouter, Query, Response
-from sqlalchemy import Connection, Select, bindparam, select
+from sqlalchemy import Select, bindparam, select
 
-from api.deps import OwnedJobRead, SettingsDep
+from api.deps import OwnedJobRead, OwnedJobReader, SettingsDep
 from api.params import Int64, LogsPageSize, MetricsPageSize
 from api.schemas import JOB_RESPONSES, LogPublic, LogsPage, MetricPublic, MetricsPage
 from tsla_service.models import LogLine, Metric
@@ -48,20 +48,16 @@ LOGS_PAGE = (
 )
 
 
-def page_body(connection: Connection, statement: Select[Any], params: dict[str, Any]) -> tuple[bytes, bool]:
-    """The JSON page (items, next_after, has_more) of a page statement, and whether it is empty:
-    up to `params["limit"]` rows after `params["after"]` (None: from the start), asking for one
-    more to tell has_more."""
+async def page_body(read: OwnedJobReader, statement: Select[Any], params: dict[str, Any]) -> bytes:
+    """The JSON page (items, next_after, has_more) of a page statement: up to `params["limit"]`
+    rows after `params["after"]` (None: from the start), asking for one more to tell has_more."""
     limit, after = params["limit"], params["after"]
-    result = connection.execute(statement, {**params, "after": after or 0, "limit": limit + 1})
-    keys = list(result.keys())
-    # all() fetches in one call; iterating the result would call the driver's fetchone per row.
-    rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
+    rows = await read.rows(statement, {**params, "after": after or 0, "limit": limit + 1})
     page = rows[:limit]
     body = {"items": page, "next_after": page[-1]["seq"] if page else after, "has_more": len(rows) > limit}
     # The rows come typed from the columns, so pydantic-core serialises them without a validation
     # pass (MetricsPage and LogsPage, the docs' response models, give the same bytes: a test says so).
-    return pydantic_core.to_json(body), not page
+    return pydantic_core.to_json(body)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage)
@@ -72,22 +68,17 @@ async def list_metrics(
     limit: Annotated[MetricsPageSize, Query(description="at most TSLA_METRICS_PAGE_MAX")] = 1000,
     name: Annotated[str | None, Query(max_length=64, description="only this metric, e.g. top1")] = None,
 ) -> Response:
-    limit = min(limit, settings.metrics_page_max)
-
-    def metrics_page(connection: Connection, owner: dict[str, str]) -> tuple[bytes, bool]:
-        params = {**owner, "after": after, "limit": limit}
-        if name is None:
-            return page_body(connection, METRICS_PAGE, params)
-        return page_body(connection, METRICS_PAGE_OF_NAME, {**params, "name": name})
-
-    return Response(await read(metrics_page), media_type="application/json")
+    params = {"after": after, "limit": min(limit, settings.metrics_page_max)}
+    if name is None:
+        body = await page_body(read, METRICS_PAGE, params)
+    else:
+        body = await page_body(read, METRICS_PAGE_OF_NAME, {**params, "name": name})
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{job_id}/logs", response_model=LogsPage)
 async def list_logs(
     read: OwnedJobRead, after: After = None, limit: Annotated[LogsPageSize, Query()] = 500
 ) -> Response:
-    def logs_page(connection: Connection, owner: dict[str, str]) -> tuple[bytes, bool]:
-        return page_body(connection, LOGS_PAGE, {**owner, "after": after, "limit": limit})
-
-    return Response(await read(logs_page), media_type="application/json")
+    body = await page_body(read, LOGS_PAGE, {"after": after, "limit": limit})
+    return Response(body, media_type="application/json")

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
+import psycopg
+import pydantic_core
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, make_url
 
+from api.reads import ThreadedReads, autocommit_engine
+from api.routes.metrics import LOGS_PAGE, METRICS_PAGE, METRICS_PAGE_OF_NAME
 from api.schemas import LogsPage, MetricsPage
-from tests.api.conftest import Api, add_checkpoint
+from tests.api.conftest import PG_ADMIN_URL, Api, add_checkpoint
 from tsla_service.db import session_scope
 from tsla_service.models import Job, Metric
 from tsla_service.results import append_log, record_metrics
+from tsla_service.tokens import digest
 from tsla_spec.records import MetricRow
 
 SPEC = {"preset": "digits", "epochs": 2, "smoothing": {"switch_epoch": 1}}
@@ -165,3 +171,51 @@ def test_page_bodies_are_the_response_models_bytes(world: dict[str, Any]) -> Non
     finally:
         with session_scope(api.database_url) as session:
             session.execute(delete(Metric).where(Metric.job_id == job, Metric.name == "grad_var"))
+
+
+def test_both_read_paths_give_the_same_rows(world: dict[str, Any]) -> None:
+    """The app reads pages through api.reads: on PostgreSQL psycopg's asyncio pool (the app's
+    lifespan opened it), elsewhere SQLAlchemy in the thread pool. Same statement, same rows,
+    value types and UTC times included."""
+    api, job = world["api"], world["job"]
+    app_reads = api.client.app.state.reads  # type: ignore[attr-defined]
+    assert (app_reads is not None) == api.database_url.startswith("postgresql"), app_reads
+    threaded = ThreadedReads(autocommit_engine(api.database_url))
+    owner = {"job_id": job, "token_sha256": digest(world["headers"]["Authorization"].removeprefix("Bearer "))}
+    for statement, extra in ((METRICS_PAGE, {}), (METRICS_PAGE_OF_NAME, {"name": "top1"}), (LOGS_PAGE, {})):
+        params = {**owner, **extra, "after": 0, "limit": 50}
+        expected = threaded.rows_now(statement, params)
+        assert expected, statement
+        assert all(row["time"].utcoffset() == timedelta(0) for row in expected)
+        if app_reads is not None:
+            found = api.client.portal.call(app_reads.rows, statement, params)  # type: ignore[attr-defined]
+            assert found == expected
+            assert [{k: type(v) for k, v in row.items()} for row in found] == [
+                {k: type(v) for k, v in row.items()} for row in expected
+            ]
+            assert pydantic_core.to_json(found) == pydantic_core.to_json(expected)
+        # A stranger's token finds no rows: the ownership clause is in the statement itself.
+        assert threaded.rows_now(statement, {**params, "token_sha256": "0" * 64}) == []
+
+
+def test_a_broken_pooled_connection_is_replaced_without_an_error(world: dict[str, Any]) -> None:
+    """A PostgreSQL restart (or a killed backend) breaks the read pool's idle connections; the
+    next page still answers 200: the broken connection fails its query, the pool drops it, and the
+    read runs once more (tests/integration/test_faults.py restarts the server itself)."""
+    api = world["api"]
+    if not api.database_url.startswith("postgresql"):
+        pytest.skip("the asyncio read pool is PostgreSQL's")
+    for _ in range(3):
+        assert api.client.get(f"/jobs/{world['job']}/metrics", headers=world["headers"]).status_code == 200
+    database = make_url(api.database_url).database
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = '' AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchone()
+    assert killed is not None and killed[0] >= 1
+    for resource in ("metrics", "logs", "metrics"):
+        response = api.client.get(f"/jobs/{world['job']}/{resource}", headers=world["headers"])
+        assert response.status_code == 200, response.text
+        assert response.json()["items"]

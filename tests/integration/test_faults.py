@@ -336,9 +336,13 @@ def test_postgres_restart_during_a_running_job(make_stack: StackFactory) -> None
 
     # Down for a few seconds, longer than an epoch: the worker's next writes fail and are retried.
     took = restart_postgres(down_for=3.0)
-    # The API's pooled connections died with the server; pre-ping replaces them on checkout.
+    # The API's pooled connections died with the server; pre-ping replaces them on checkout, and
+    # the paging routes' asyncio pool (api.reads) drops a broken one and reads again.
     response = service.http.get(f"/jobs/{job['id']}")
     assert response.status_code == 200, response.text
+    for resource in ("metrics", "logs"):
+        page = service.http.get(f"/jobs/{job['id']}/{resource}")
+        assert page.status_code == 200 and page.json()["items"], page.text
     assert service.http.get("/jobs").status_code == 200
 
     final = wait_finished(service, job["id"])
