@@ -32,6 +32,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import math
 import os
 import re
@@ -41,7 +42,7 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Container, Generator, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,13 +270,13 @@ def _entries(upload: _Upload) -> Generator[_Entry, None, None]:
             for info in archive.infolist():
                 yield _Entry(info.orig_filename, _zip_kind(info), info.file_size)
         return
-    with _reading(upload), closing(_tar_members(upload, wanted={})) as members:
+    with _reading(upload), closing(_tar_members(upload, wanted=())) as members:
         for entry, _ in members:
             yield entry
 
 
-def _files(upload: _Upload, wanted: Mapping[str, int]) -> Generator[tuple[str, bytes], None, None]:
-    """(name, bytes) of each member in `wanted` (name: declared size), in archive order."""
+def _files(upload: _Upload, wanted: Container[str]) -> Generator[tuple[str, bytes], None, None]:
+    """(name, bytes) of each member whose name is in `wanted`, in archive order."""
     if upload.source_format == "zip":
         meter = _Meter(upload)
         with _reading(upload), zipfile.ZipFile(upload.path) as archive:
@@ -322,7 +323,7 @@ class _Readable(Protocol):
 
 
 def _tar_members(
-    upload: _Upload, wanted: Mapping[str, int]
+    upload: _Upload, wanted: Container[str]
 ) -> Generator[tuple[_Entry, bytes | None], None, None]:
     """Each member's header in archive order, with its bytes when its name is in `wanted`. Other
     members' bytes are skipped only when the next member is asked for, so that pass 1 checks each
@@ -468,10 +469,19 @@ class _ImageMember:
 
 @dataclass(frozen=True)
 class _Layout:
+    """Where each image of the archive goes. A plan holds every member (up to max_files), so it is
+    kept to one dict entry and the name per image, with the rest in numpy arrays by slot: per-image
+    Python objects are what the API's memory would grow with."""
+
     classes: list[str]
-    members: dict[str, _ImageMember]  # by the member's name in the archive
-    sizes: dict[str, int]  # declared sizes, by name in the archive
-    labels: dict[str, list[int]]  # per split, in row order
+    slots: dict[str, int]  # the member's name in the archive -> its slot
+    splits: np.ndarray  # int8 by slot: an index into _SPLITS
+    rows: np.ndarray  # int64 by slot: its row in the split's arrays
+    labels: dict[str, np.ndarray]  # int64 per split, in row order
+
+    def member(self, name: str) -> _ImageMember:
+        slot = self.slots[name]
+        return _ImageMember("/".join(_safe_parts(name)), _SPLITS[self.splits[slot]], int(self.rows[slot]))
 
 
 @dataclass(frozen=True)
@@ -516,7 +526,7 @@ def _convert_image_folder(upload: _Upload, staging: Path) -> _Converted:
     target, notes = _survey_images(upload, layout)
     images = {}
     for split, labels in layout.labels.items():
-        np.save(staging / f"y_{split}.npy", np.array(labels, dtype=np.int64))
+        np.save(staging / f"y_{split}.npy", labels)
         images[split] = _RowFile(staging / f"x_{split}.npy", np.uint8, (len(labels), *target.shape))
     try:
         _decode_images(upload, layout, target, images)
@@ -531,7 +541,8 @@ def _plan_image_folder(upload: _Upload) -> _Layout:
     image gets its split, class and row."""
     limits = upload.limits
     max_image_bytes = 16 * limits.max_image_side**2 + 2**20  # 16-bit RGBA twice over, + 1 MiB metadata
-    files: dict[tuple[str, ...], _Entry] = {}
+    slots: dict[str, int] = {}  # by the member's name in the archive
+    paths: list[str] = []  # by slot, normalised: the member's name itself when that is normal
     count = declared = 0
     with closing(_entries(upload)) as entries:
         for entry in entries:
@@ -556,10 +567,12 @@ def _plan_image_folder(upload: _Upload) -> _Layout:
                     f"member {entry.name!r} is {entry.size} bytes, more than an image of at most "
                     f"{limits.max_image_side}x{limits.max_image_side} pixels needs",
                 )
-            if parts in files:
+            if entry.name in slots:
                 raise IngestError(UNPROCESSABLE, f"member {'/'.join(parts)!r} appears twice in the archive")
-            files[parts] = entry
-    return _assign_images(files)
+            path = "/".join(parts)
+            slots[entry.name] = len(paths)
+            paths.append(entry.name if path == entry.name else path)
+    return _assign_images(slots, paths)
 
 
 _DRIVE = re.compile(r"[A-Za-z]:")
@@ -593,13 +606,21 @@ def _ignored(parts: tuple[str, ...]) -> bool:
     return not parts or parts[0] == "__MACOSX" or any(part.startswith(".") for part in parts)
 
 
-def _assign_images(files: Mapping[tuple[str, ...], _Entry]) -> _Layout:
+def _assign_images(slots: dict[str, int], paths: list[str]) -> _Layout:
     """Classes from train's folders, each image's split and row, and the refusals of a bad tree."""
-    tops = {parts[0] for parts in files if len(parts) > 1}
+    by_path = np.array(sorted(range(len(paths)), key=paths.__getitem__), dtype=np.int64)
+    for before, after in itertools.pairwise(by_path.tolist()):
+        if paths[before] == paths[after]:
+            raise IngestError(UNPROCESSABLE, f"member {paths[after]!r} appears twice in the archive")
+
+    tops = {path.split("/", 1)[0] for path in paths if "/" in path}
     depth = 1 if len(tops) == 1 and not tops & set(_SPLITS) else 0  # one top-level folder: skip it
-    found: dict[str, list[tuple[str, str, str]]] = {split: [] for split in _SPLITS}  # (class, path, name)
-    for parts, entry in files.items():
-        path, rest = "/".join(parts), parts[depth:]
+    splits = np.empty(len(paths), dtype=np.int8)
+    seen: dict[str, int] = {}  # class name -> its number in order of appearance
+    class_numbers = np.empty(len(paths), dtype=np.int64)
+    classes_of: dict[str, set[str]] = {split: set() for split in _SPLITS}
+    for slot, path in enumerate(paths):
+        rest = path.split("/")[depth:]
         if len(rest) < 2 or rest[0] not in _SPLITS:
             raise IngestError(
                 UNPROCESSABLE,
@@ -610,15 +631,18 @@ def _assign_images(files: Mapping[tuple[str, ...], _Entry]) -> _Layout:
             raise IngestError(
                 UNPROCESSABLE, f"member {path!r} is not in a class folder ({rest[0]}/<class>/<image>)"
             )
-        found[rest[0]].append((rest[1], path, entry.name))
+        split, class_name = rest[0], rest[1]
+        splits[slot] = _SPLITS.index(split)
+        class_numbers[slot] = seen.setdefault(class_name, len(seen))
+        classes_of[split].add(class_name)
 
     for split in _SPLITS:
-        if not found[split]:
+        if not classes_of[split]:
             raise IngestError(
                 UNPROCESSABLE, f"the {split} split has no images (expected {split}/<class>/<image>)"
             )
-    classes = sorted({class_name for class_name, _, _ in found["train"]})
-    unknown = sorted({class_name for class_name, _, _ in found["test"]} - set(classes))
+    classes = sorted(classes_of["train"])
+    unknown = sorted(classes_of["test"] - set(classes))
     if unknown:
         raise IngestError(UNPROCESSABLE, f"test classes {unknown} have no folder under train/")
     if len(classes) < 2:
@@ -626,16 +650,17 @@ def _assign_images(files: Mapping[tuple[str, ...], _Entry]) -> _Layout:
             UNPROCESSABLE, f"train/ has {len(classes)} class folder {classes}; a classifier needs 2 or more"
         )
 
-    label_of = {class_name: label for label, class_name in enumerate(classes)}
-    members: dict[str, _ImageMember] = {}
-    labels: dict[str, list[int]] = {}
-    for split in _SPLITS:
-        ordered = sorted(found[split])
-        labels[split] = [label_of[class_name] for class_name, _, _ in ordered]
-        for index, (_, path, name) in enumerate(ordered):
-            members[name] = _ImageMember(path, split, index)
-    sizes = {entry.name: entry.size for entry in files.values()}
-    return _Layout(classes, members, sizes, labels)
+    # Rows: by class (labels follow the sorted class names), then by path within a class.
+    label_of_number = np.array([classes.index(name) for name in seen], dtype=np.int64)
+    labels_by_slot = label_of_number[class_numbers]
+    ordered = by_path[np.argsort(labels_by_slot[by_path], kind="stable")]
+    rows = np.empty(len(paths), dtype=np.int64)
+    labels: dict[str, np.ndarray] = {}
+    for number, split in enumerate(_SPLITS):
+        in_split = ordered[splits[ordered] == number]
+        rows[in_split] = np.arange(len(in_split))
+        labels[split] = labels_by_slot[in_split]
+    return _Layout(classes, slots, splits, rows, labels)
 
 
 def _survey_images(upload: _Upload, layout: _Layout) -> tuple[_Target, list[str]]:
@@ -646,9 +671,9 @@ def _survey_images(upload: _Upload, layout: _Layout) -> tuple[_Target, list[str]
     example: dict[tuple[int, int], str] = {}
     modes: Counter[str] = Counter()
     grey = 0
-    with closing(_files(upload, layout.sizes)) as files:
+    with closing(_files(upload, layout.slots)) as files:
         for name, data in files:
-            path = layout.members[name].path
+            path = layout.member(name).path
             image = _open_image(data, path)
             if max(image.size) > limits.max_image_side:
                 width, height = image.size
@@ -695,9 +720,9 @@ def _conversion_notes(modes: Counter[str], grey: int, images: int, mode: str) ->
 
 def _decode_images(upload: _Upload, layout: _Layout, target: _Target, images: Mapping[str, _RowFile]) -> None:
     """Pass 3: each image decoded, converted and written into its row, one at a time."""
-    with closing(_files(upload, layout.sizes)) as files:
+    with closing(_files(upload, layout.slots)) as files:
         for name, data in files:
-            member = layout.members[name]
+            member = layout.member(name)
             image = _open_image(data, member.path)
             try:
                 pixels = _canonical_pixels(image, target)
@@ -1114,13 +1139,17 @@ def _mean_std(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def _duplicates(train: np.ndarray, test: np.ndarray) -> DuplicateFindings:
-    """Test images whose stored bytes occur in train (leakage), by sha256."""
-    first_row: dict[bytes, int] = {}
-    for row, digest in enumerate(_image_digests(train)):
-        first_row.setdefault(digest, row)
-    pairs = [
-        (first_row[digest], row) for row, digest in enumerate(_image_digests(test)) if digest in first_row
-    ]
+    """Test images whose stored bytes occur in train (leakage), by sha256. Train's digests are one
+    sorted array of 32-byte values (32 bytes per image, no Python object per image)."""
+    digests = np.fromiter(_image_digests(train), dtype="S32", count=train.shape[0])
+    order = np.argsort(digests, kind="stable")  # equal digests keep row order: the first row wins
+    ordered = digests[order]
+    exact = ordered.view(np.uint8).reshape(-1, 32)  # an "S32" item reads back without trailing NULs
+    pairs = []
+    for row, digest in enumerate(_image_digests(test)):
+        at = int(np.searchsorted(ordered, np.bytes_(digest)))
+        if at < len(ordered) and exact[at].tobytes() == digest:
+            pairs.append((int(order[at]), row))
     return DuplicateFindings(count=len(pairs), examples=pairs[:_MAX_DUPLICATE_EXAMPLES])
 
 

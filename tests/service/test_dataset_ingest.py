@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from tsla_service import dataset_ingest
 from tsla_service.dataset_ingest import IngestError, IngestLimits, ingest, sniff_format
 from tsla_spec.uploads import ARRAY_FILES, MANIFEST, DatasetManifest
 
@@ -773,3 +774,21 @@ def test_a_good_npz_of_the_refusal_tests_ingests(tmp_path: Path) -> None:
     source = inputs(tmp_path) / "good.npz"
     np.savez(source, **good_npz(), classes=np.array(["a", "b", "c"]))
     assert ingest(source, tmp_path / "out", LIMITS).classes == ["a", "b", "c"]
+
+
+def test_duplicates_match_whole_digests_and_name_the_first_train_row() -> None:
+    """Train's digests are kept as one sorted array of 32-byte values (no object per image). A
+    digest that ends in NUL bytes must still match exactly (numpy reads "S32" items back without
+    them), and a test image found in train several times names train's first row."""
+    rng = np.random.default_rng(0)
+    candidates = rng.integers(0, 256, (4000, 1, 2, 2), dtype=np.uint8)
+    nul_ended = [i for i, image in enumerate(candidates) if hashlib.sha256(image.data).digest()[-1] == 0]
+    assert len(nul_ended) >= 2, "4,000 random images should hold two whose digest ends in a NUL"
+    a, b = candidates[nul_ended[0]], candidates[nul_ended[1]]
+    others = candidates[[i for i in range(40) if i not in nul_ended]]
+    train = np.concatenate([others[:5], a[None], others[5:10], a[None], b[None], others[10:20]])
+    test = np.concatenate([others[30:32], a[None], others[32:34], b[None], others[3:4]])
+    found = dataset_ingest._duplicates(train, test)
+    assert found.count == 3
+    assert found.examples == [(5, 2), (12, 5), (3, 6)]
+    assert dataset_ingest._duplicates(train, others[30:35]).count == 0
