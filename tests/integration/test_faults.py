@@ -18,6 +18,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,3 +520,53 @@ def test_cancel_stops_a_running_job_within_two_seconds_plus_a_step(make_stack: S
     assert took < 2.0 + step_seconds, f"the cancel took {took:.2f} s (a step takes {step_seconds:.3f} s)"
     listing = service.http.get(f"/jobs/{job['id']}/checkpoints").json()
     assert [item["partial"] for item in listing["items"] if item["id"] == listing["latest_id"]] == [True]
+
+
+# --- many workers on one queue: a burst of short jobs ---------------------------------------------
+
+BURST_JOBS = 12
+STARTED_ON = re.compile(r"attempt (\d+) started on (\S+)")
+
+
+def test_three_workers_share_a_burst_and_train_every_job_exactly_once(make_stack: StackFactory) -> None:
+    """Three worker processes on one queue, then 12 short jobs submitted at once from 12 threads:
+    every job is claimed once and trains once (one "started" log line, one attempt, no duplicate
+    metric rows), all succeed, and every worker trained some of them."""
+    stack = make_stack()
+    for name in ("w1", "w2", "w3"):
+        stack.start_worker(name, wait=False)  # all three start at once
+    for worker in stack.workers:
+        stack.wait_ready(worker)
+    service = stack.service
+    short = spec(epochs=2, smoothing={"method": "tsla", "switch_epoch": 1})
+    with ThreadPoolExecutor(max_workers=BURST_JOBS) as pool:
+        jobs = list(
+            pool.map(lambda n: service.submit({**short, "name": f"burst-{n}", "seed": n}), range(BURST_JOBS))
+        )
+    assert len({job["id"] for job in jobs}) == BURST_JOBS
+
+    trained_by: dict[str, str] = {}
+    for job in jobs:
+        final = wait_finished(service, job["id"], timeout=JOB_TIMEOUT * 2)
+        assert final["state"] == "succeeded" and final["attempt"] == 1, final
+        starts = [STARTED_ON.search(line) for line in job_logs(service, job["id"])]
+        starts = [found for found in starts if found]
+        assert [found.group(1) for found in starts] == ["1"], (job["id"], starts)
+        trained_by[job["id"]] = starts[0].group(2)
+        rows = job_metrics(service, job["id"])
+        check_metric_rows(rows, 2, 1)  # no duplicate (epoch, split, name), epochs 0 and 1
+        assert {row["attempt"] for row in rows} == {1}
+
+    # The database agrees: one metric row per (job, epoch, split, name), nothing from a second run.
+    [(duplicates,)] = stack.sql(
+        "SELECT count(*) FROM (SELECT 1 FROM metrics GROUP BY job_id, epoch, split, name "
+        "HAVING count(*) > 1) AS twice"
+    )
+    assert duplicates == 0
+    # Worker ids are host:pid:nonce; each worker process trained at least one job.
+    pids = {worker.process.pid for worker in stack.workers}
+    ran = {int(worker_id.split(":")[1]) for worker_id in trained_by.values()}
+    assert ran == pids, (sorted(ran), sorted(pids), trained_by)
+    # Each worker's task log shows it trained exactly the jobs the job logs say it did.
+    trained = sum(worker.text().count("ended: succeeded") for worker in stack.workers)
+    assert trained == BURST_JOBS, [worker.text()[-2000:] for worker in stack.workers]
