@@ -67,7 +67,7 @@ class ThreadedReads:
 
 
 def unavailable(error: Exception) -> HTTPException:
-    log.warning("database read failed: %s", str(error).strip().splitlines()[0] if str(error) else error)
+    log.warning("database read failed: %s", " ".join(str(error).split()) or type(error).__name__)
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the database is unavailable; retry shortly")
 
 
@@ -87,16 +87,16 @@ class PostgresReads:
     async def rows(self, statement: Select[Any], params: Mapping[str, Any]) -> list[Row]:
         sql = self.sql(statement)
         try:
-            return await self.fetch(sql, params)
-        except psycopg.OperationalError:
-            # Most likely a connection a server restart broke: the pool has dropped it; drop
-            # any other broken idle ones too, then read once more.
             try:
+                return await self.fetch(sql, params)
+            except PoolTimeout:
+                raise  # no connection to be had: trying again would only wait as long again
+            except psycopg.OperationalError:
+                # Most likely a connection a server restart broke: the pool has dropped it; drop
+                # any other broken idle ones too, then read once more.
                 await self.pool.check()
                 return await self.fetch(sql, params)
-            except (psycopg.OperationalError, PoolTimeout) as error:
-                raise unavailable(error) from error
-        except PoolTimeout as error:
+        except psycopg.OperationalError as error:  # PoolTimeout is one too
             raise unavailable(error) from error
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> list[Row]:

@@ -612,12 +612,30 @@ def _assign_images(slots: dict[str, int], paths: list[str]) -> _Layout:
     for before, after in itertools.pairwise(by_path.tolist()):
         if paths[before] == paths[after]:
             raise IngestError(UNPROCESSABLE, f"member {paths[after]!r} appears twice in the archive")
+    splits, class_numbers, seen, classes_of = _place_in_tree(paths)
+    classes = _check_classes(classes_of)
 
+    # Rows: by class (labels follow the sorted class names), then by path within a class.
+    label_of_number = np.array([classes.index(name) for name in seen], dtype=np.int64)
+    labels_by_slot = label_of_number[class_numbers]
+    ordered = by_path[np.argsort(labels_by_slot[by_path], kind="stable")]
+    rows = np.empty(len(paths), dtype=np.int64)
+    labels: dict[str, np.ndarray] = {}
+    for number, split in enumerate(_SPLITS):
+        in_split = ordered[splits[ordered] == number]
+        rows[in_split] = np.arange(len(in_split))
+        labels[split] = labels_by_slot[in_split]
+    return _Layout(classes, slots, splits, rows, labels)
+
+
+def _place_in_tree(paths: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, int], dict[str, set[str]]]:
+    """Each path's split (an index into _SPLITS) and class (a number in order of first appearance),
+    those numbers by class name, and each split's class names; a path outside the tree is refused."""
     tops = {path.split("/", 1)[0] for path in paths if "/" in path}
     depth = 1 if len(tops) == 1 and not tops & set(_SPLITS) else 0  # one top-level folder: skip it
     splits = np.empty(len(paths), dtype=np.int8)
-    seen: dict[str, int] = {}  # class name -> its number in order of appearance
     class_numbers = np.empty(len(paths), dtype=np.int64)
+    seen: dict[str, int] = {}
     classes_of: dict[str, set[str]] = {split: set() for split in _SPLITS}
     for slot, path in enumerate(paths):
         rest = path.split("/")[depth:]
@@ -635,7 +653,11 @@ def _assign_images(slots: dict[str, int], paths: list[str]) -> _Layout:
         splits[slot] = _SPLITS.index(split)
         class_numbers[slot] = seen.setdefault(class_name, len(seen))
         classes_of[split].add(class_name)
+    return splits, class_numbers, seen, classes_of
 
+
+def _check_classes(classes_of: Mapping[str, set[str]]) -> list[str]:
+    """train's class names, sorted (as ImageFolder labels them), once the splits are usable."""
     for split in _SPLITS:
         if not classes_of[split]:
             raise IngestError(
@@ -649,18 +671,7 @@ def _assign_images(slots: dict[str, int], paths: list[str]) -> _Layout:
         raise IngestError(
             UNPROCESSABLE, f"train/ has {len(classes)} class folder {classes}; a classifier needs 2 or more"
         )
-
-    # Rows: by class (labels follow the sorted class names), then by path within a class.
-    label_of_number = np.array([classes.index(name) for name in seen], dtype=np.int64)
-    labels_by_slot = label_of_number[class_numbers]
-    ordered = by_path[np.argsort(labels_by_slot[by_path], kind="stable")]
-    rows = np.empty(len(paths), dtype=np.int64)
-    labels: dict[str, np.ndarray] = {}
-    for number, split in enumerate(_SPLITS):
-        in_split = ordered[splits[ordered] == number]
-        rows[in_split] = np.arange(len(in_split))
-        labels[split] = labels_by_slot[in_split]
-    return _Layout(classes, slots, splits, rows, labels)
+    return classes
 
 
 def _survey_images(upload: _Upload, layout: _Layout) -> tuple[_Target, list[str]]:
