@@ -102,6 +102,7 @@ class OwnedJobReader:
     engine: Engine
     job_id: str
     credentials: HTTPAuthorizationCredentials | None
+    settings: Settings  # the app's, so that a paging route needs no second dependency
 
     async def rows(self, statement: Select[Any], params: Mapping[str, Any]) -> list[Row]:
         if self.credentials is None:
@@ -127,9 +128,10 @@ async def owned_job_reader(
     job_id: Annotated[str, Path(max_length=64)],
     credentials: Credentials,
 ) -> OwnedJobReader:
-    url = request.app.state.settings.resolved_database_url
+    settings: Settings = request.app.state.settings
+    url = settings.resolved_database_url
     reads = reads_for(request.app.state.reads, url)
-    return OwnedJobReader(reads, autocommit_engine(url), job_id, credentials)
+    return OwnedJobReader(reads, autocommit_engine(url), job_id, credentials, settings)
 
 
 OwnedJobRead = Annotated[OwnedJobReader, Depends(owned_job_reader)]

@@ -15,7 +15,7 @@ import pydantic_core
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import Select, bindparam, select
 
-from api.deps import OwnedJobRead, OwnedJobReader, SettingsDep
+from api.deps import OwnedJobRead, OwnedJobReader
 from api.params import Int64, LogsPageSize, MetricsPageSize
 from api.schemas import JOB_RESPONSES, LogPublic, LogsPage, MetricPublic, MetricsPage
 from tsla_service.models import LogLine, Metric
@@ -63,12 +63,11 @@ async def page_body(read: OwnedJobReader, statement: Select[Any], params: dict[s
 @router.get("/{job_id}/metrics", response_model=MetricsPage)
 async def list_metrics(
     read: OwnedJobRead,
-    settings: SettingsDep,
     after: After = None,
     limit: Annotated[MetricsPageSize, Query(description="at most TSLA_METRICS_PAGE_MAX")] = 1000,
     name: Annotated[str | None, Query(max_length=64, description="only this metric, e.g. top1")] = None,
 ) -> Response:
-    params = {"after": after, "limit": min(limit, settings.metrics_page_max)}
+    params = {"after": after, "limit": min(limit, read.settings.metrics_page_max)}
     if name is None:
         body = await page_body(read, METRICS_PAGE, params)
     else:
