@@ -247,6 +247,17 @@ class GradVarianceSpec(StrictModel):
     exact_examples: int = Field(256, ge=2, le=4096)
 
 
+class ResourcesSpec(StrictModel):
+    """Where a job runs and on how many processes. Not part of what it computes: a checkpoint
+    resumes under other resources (tsla_core.loop.Trainer.restore compares the rest)."""
+
+    # Training processes on one machine (torch.distributed; see tsla_core/distributed.py).
+    processes: int = Field(1, ge=1, le=64)
+    # The broker queue of the workers that may run the job; None: the service's rule
+    # (tsla_service/queues.py). Must be one of the deployment's TSLA_QUEUES.
+    queue: str | None = Field(None, pattern=f"^{NAME_PATTERN.pattern}$")
+
+
 class RunSpec(StrictModel):
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
@@ -258,6 +269,7 @@ class RunSpec(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     checkpoint: CheckpointSpec = CheckpointSpec()
     grad_variance: GradVarianceSpec = GradVarianceSpec()
+    resources: ResourcesSpec = ResourcesSpec()
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")  # [0-9]: ASCII digits only
     # "auto": bf16 autocast where the hardware supports it, else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
