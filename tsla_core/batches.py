@@ -17,7 +17,7 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -63,6 +63,19 @@ AUGMENTS = {
 }
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Rank `rank` of `world` takes the rank-th of `world` equal parts of each training batch
+    (along the last dimension: examples)."""
+
+    rank: int
+    world: int
+
+    def of(self, batch: torch.Tensor) -> torch.Tensor:
+        size = batch.shape[-1] // self.world
+        return batch[..., self.rank * size : (self.rank + 1) * size]
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator for one epoch's order and augmentation; a pure function of (seed, epoch)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -76,9 +89,14 @@ class Split(Protocol):
         ...
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None, channels_last: bool
+        self,
+        batch_size: int,
+        generator: torch.Generator | None,
+        channels_last: bool,
+        shard: Shard | None = None,
     ) -> Iterator[Batch]:
-        """Training batches (shuffled, augmented, full) when `generator` is given, else evaluation."""
+        """Training batches (shuffled, augmented, full) when `generator` is given, else evaluation.
+        With `shard`, a rank's part of each training batch (the same global batches for any N)."""
         ...
 
     def examples(self, indices: np.ndarray, channels_last: bool) -> Batch:
@@ -112,7 +130,11 @@ class TensorSplit:
         return self._normalise(self.images[index], channels_last), self.labels[index]
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None, channels_last: bool
+        self,
+        batch_size: int,
+        generator: torch.Generator | None,
+        channels_last: bool,
+        shard: Shard | None = None,
     ) -> Iterator[Batch]:
         count = len(self)
         if generator is None:
@@ -128,9 +150,13 @@ class TensorSplit:
             draws = [t.to(device) for t in draw_augmentation(count, self.augment, generator)]
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
+            if shard is not None:
+                index = shard.of(index)
             images = self.images[index]
             if draws is not None and self.augment is not None:
                 shifts, flips = draws[0][:, start : start + batch_size], draws[1][start : start + batch_size]
+                if shard is not None:
+                    shifts, flips = shard.of(shifts), shard.of(flips)
                 images = augment_batch(images, self.augment, shifts, flips)
             yield self._normalise(images, channels_last), self.labels[index]
 
@@ -212,20 +238,41 @@ class FolderSplit:
         return 1 if len(self) else 0
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None, channels_last: bool
+        self,
+        batch_size: int,
+        generator: torch.Generator | None,
+        channels_last: bool,
+        shard: Shard | None = None,
     ) -> Iterator[Batch]:
         train = generator is not None
-        loader = DataLoader(
+        if generator is not None and shard is not None:
+            loader = self._sharded_loader(batch_size, generator, shard)
+        else:
+            loader = DataLoader(
+                self.dataset,
+                batch_size=batch_size,
+                shuffle=train,
+                drop_last=train and len(self.dataset) > batch_size,
+                generator=generator,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
+        for images, labels in loader:
+            yield self._normalise(images, channels_last), labels.to(self.device, non_blocking=True)
+
+    def _sharded_loader(self, batch_size: int, generator: torch.Generator, shard: Shard) -> DataLoader[Any]:
+        """A rank's part of each batch of the order a one-process run draws (RandomSampler's
+        randperm from the same generator, full batches only)."""
+        order = torch.randperm(len(self.dataset), generator=generator)
+        stop = len(order) - len(order) % batch_size if len(order) > batch_size else len(order)
+        parts = [shard.of(order[start : start + batch_size]).tolist() for start in range(0, stop, batch_size)]
+        return DataLoader(
             self.dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(self.dataset) > batch_size,
+            batch_sampler=parts,
             generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for images, labels in loader:
-            yield self._normalise(images, channels_last), labels.to(self.device, non_blocking=True)
 
     def examples(self, indices: np.ndarray, channels_last: bool) -> Batch:
         evaluated = with_transform(self.folder, train=False)

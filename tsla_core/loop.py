@@ -35,6 +35,7 @@ from tsla_core.checkpoint import (
     SkippedCheckpoint,
     load_verified,
 )
+from tsla_core.distributed import RankGroup, RankJob, launch
 from tsla_core.kernels.batch_norm_act import fused_enabled
 from tsla_core.loss import smoothed_cross_entropy, stage_at, teacher_prior
 from tsla_core.models import build_model
@@ -242,12 +243,16 @@ class EpochTotals:
         self.grad_norm_sq += reading[1].detach()
         self.probes += 1
 
-    def read(self) -> dict[str, float]:
-        """The epoch's train metrics; `.tolist()` here is the epoch's one host sync point."""
-        sums = torch.stack(
-            [t.double() for t in (self.loss, self.ce, self.correct, self.variance, self.grad_norm_sq)]
-        )
-        loss, ce, correct, variance, grad_norm_sq = sums.tolist()
+    def read(self, group: RankGroup | None = None) -> dict[str, float]:
+        """The epoch's train metrics, over all ranks' batches in a multi-process run (the probes'
+        readings are the same on every rank); `.tolist()` is the epoch's one host sync point."""
+        counted = torch.stack([t.double() for t in (self.loss, self.ce, self.correct)])
+        counted = torch.cat([counted, counted.new_tensor([self.seen])])
+        if group is not None:
+            group.sum(counted)
+        probed = torch.stack([t.double() for t in (self.variance, self.grad_norm_sq)])
+        loss, ce, correct, seen_all, variance, grad_norm_sq = torch.cat([counted, probed]).tolist()
+        self.seen = int(seen_all)
         seen = max(self.seen, 1)
         metrics = {TRAIN_LOSS: loss / seen, TRAIN_CE: ce / seen, TRAIN_TOP1: 100.0 * correct / seen}
         if self.probes:
@@ -267,10 +272,13 @@ class Trainer:
         hooks: Hooks | None = None,
         teacher_path: Path | None = None,
         uploaded: Path | None = None,
+        group: RankGroup | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self.spec = spec
         self.hooks = hooks or Hooks()
-        self.device = resolve_device(spec.device)
+        self.group = group  # a rank of a multi-process run (tsla_core.distributed), else None
+        self.device = device or resolve_device(spec.device)
         self.autocast_dtype = resolve_autocast_dtype(spec.precision, self.device)
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         if self.device.type == "cuda":
@@ -282,13 +290,15 @@ class Trainer:
         self.data: DataBundle = load_data(spec.data, data_root, self.device, uploaded=uploaded)
         self.model = build_model(spec.model, self.data.num_classes, self.data.in_channels)
         self.model.to(self.device).to(memory_format=self.memory_format)
+        # What the training steps run: the model, or its DistributedDataParallel wrapper.
+        self.train_model: nn.Module = self.model if group is None else group.wrap(self.model, self.device)
         self.optimizer = build_optimizer(spec, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda epoch: lr_factor(spec.schedule, spec.epochs, epoch)
         )
         self.teacher = self._load_teacher(teacher_path) if spec.smoothing.method in TEACHER_METHODS else None
         self.store = CheckpointStore(out_dir / "checkpoints", spec.checkpoint.keep_last, self._log)
-        for name in self.store.remove_temp_files():
+        for name in self.store.remove_temp_files() if self.is_reporter else ():
             self._log(f"removed {name}, a temp file an earlier run left when its write failed")
         probing = spec.grad_variance.enabled
         self.exact_batch = self._exact_batch() if probing and spec.grad_variance.mode == "exact" else None
@@ -296,6 +306,11 @@ class Trainer:
         self.step = 0  # optimizer steps so far
 
     # --- setup -----------------------------------------------------------------------------
+
+    @property
+    def is_reporter(self) -> bool:
+        """Whether this process evaluates, reports and writes checkpoints (rank 0, or the only one)."""
+        return self.group is None or self.group.is_reporter
 
     def _log(self, message: str) -> None:
         if self.hooks.on_log is not None:
@@ -352,7 +367,8 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue after the epoch that `state` completed."""
         written_by = RunSpec.model_validate(upgrade_stored_spec(json.loads(state["spec"])))
-        if written_by != self.spec:
+        # Resources are not part of what a run computes: a checkpoint resumes on other processes.
+        if written_by.model_copy(update={"resources": self.spec.resources}) != self.spec:
             raise SpecMismatchError(
                 "the checkpoints here were written by a different spec; use a new output folder"
             )
@@ -401,8 +417,13 @@ class Trainer:
 
     def _backward(self, losses: torch.Tensor, probe: bool) -> ProbeReading | None:
         """Backward of the mean loss; on split-probe steps first the gradient of the batch's first
-        half alone, to measure the variance (one extra backward pass, no extra forward)."""
+        half alone, to measure the variance (one extra backward pass, no extra forward). On a rank
+        of a multi-process run the ranks' local gradients are the probe's samples instead."""
         n = losses.shape[0]
+        if self.group is not None and probe:
+            losses.mean().backward()  # inside no_sync: the local gradient
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            return self.group.average_gradients(params, n)
         if not probe or n < 2:
             losses.mean().backward()
             return None
@@ -429,6 +450,9 @@ class Trainer:
 
         return exact_gradient_variance(self.model, images, labels, prior, loss)
 
+    def _no_sync(self, probing: bool) -> AbstractContextManager[Any]:
+        return nullcontext() if self.group is None else self.group.no_sync(self.train_model, probing)
+
     def _train_step(
         self, images: torch.Tensor, labels: torch.Tensor, stage: Stage, probe: bool
     ) -> tuple[torch.Tensor, torch.Tensor, ProbeReading | None]:
@@ -437,10 +461,12 @@ class Trainer:
         exact = self.exact_batch is not None
         reading = self._exact_probe(stage) if probe and exact else None
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            logits = self.model(images)
-        losses = self._loss(logits, images, labels, stage)
-        split = self._backward(losses, probe and not exact)
+        split_probe = probe and not exact
+        with self._no_sync(split_probe):
+            with self._autocast():
+                logits = self.train_model(images)
+            losses = self._loss(logits, images, labels, stage)
+            split = self._backward(losses, split_probe)
         self.optimizer.step()
         self.step += 1
         return losses, logits, reading if exact else split
@@ -458,24 +484,34 @@ class Trainer:
         totals = EpochTotals.zeros(self.device)
         probing = self.probe_steps()
         start = time.perf_counter()
+        shard = None if self.group is None else self.group.shard
         batches = self.data.train.batches(
-            self.spec.batch_size, epoch_generator(self.spec.seed, epoch), self.spec.channels_last
+            self.spec.batch_size, epoch_generator(self.spec.seed, epoch), self.spec.channels_last, shard
         )
         for index, (images, labels) in enumerate(batches):
-            if self.hooks.should_stop is not None and self.hooks.should_stop():
+            if self._should_stop():
                 return None
             losses, logits, reading = self._train_step(images, labels, stage, index in probing)
             totals.add_batch(losses, plain_ce_sum(logits, labels, losses, stage), logits, labels)
             if reading is not None:
                 totals.add_probe(reading)
         # Read first (the host sync), so the clock stops after the device has finished the epoch.
-        metrics = totals.read()
+        metrics = totals.read(self.group)
         elapsed = time.perf_counter() - start
         metrics[TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
         metrics[TRAIN_IMAGES_PER_S] = totals.seen / max(elapsed, 1e-9)
         return metrics
 
+    def _should_stop(self) -> bool:
+        """The hook's answer; on the ranks of a multi-process run, rank 0's, agreed by all."""
+        if self.group is not None:
+            return self.group.agree_to_stop(self.device)
+        return self.hooks.should_stop is not None and self.hooks.should_stop()
+
     def evaluate(self) -> dict[str, float]:
+        """val/* and test/*: {} on the ranks other than rank 0 (it alone reports)."""
+        if not self.is_reporter:
+            return {}
         return evaluate_splits(self.model, self.data, self.spec, self.device, self.autocast_dtype)
 
     # --- the run ---------------------------------------------------------------------------
@@ -487,7 +523,9 @@ class Trainer:
             rows.append(MetricRow(epoch, split, name, value, stage, self.step))  # type: ignore[arg-type]
         return rows
 
-    def _checkpoint(self, epoch: int, partial: bool, metrics: dict[str, float]) -> CheckpointRecord:
+    def _checkpoint(self, epoch: int, partial: bool, metrics: dict[str, float]) -> CheckpointRecord | None:
+        if not self.is_reporter:
+            return None
         state = self.state_dict(epoch)
         record = self.store.save(state, epoch, partial, metrics)
         if self.hooks.on_checkpoint is not None:
@@ -528,11 +566,12 @@ class Trainer:
             result.final_metrics = metrics
             if self.hooks.on_metrics is not None:
                 self.hooks.on_metrics(self._rows(epoch, stage, metrics))
-            self._check_finite(epoch, metrics)
+            if self.is_reporter:
+                self._check_finite(epoch, metrics)
             last = epoch == self.spec.epochs - 1
             if last or (epoch + 1) % self.spec.checkpoint.every == 0:
                 result.latest = self._checkpoint(epoch, partial=False, metrics=metrics)
-        result.best = self.store.best()
+        result.best = self.store.best() if self.is_reporter else None
         return result
 
 
@@ -546,8 +585,23 @@ def train(
     uploaded: Path | None = None,
 ) -> TrainResult:
     """Train `spec` into `out_dir` (checkpoints under out_dir/checkpoints), resuming if possible.
-    An uploaded data set is read from `uploaded`, its local canonical folder (the worker fetches it)."""
-    return Trainer(spec, out_dir, data_root, hooks, teacher_path, uploaded).fit(resume=resume)
+    An uploaded data set is read from `uploaded`, its local canonical folder (the worker fetches it).
+    With `resources.processes` > 1 the ranks run in child processes (tsla_core.distributed) and
+    `hooks` are called here as rank 0 reports."""
+    if spec.resources.processes == 1:
+        return Trainer(spec, out_dir, data_root, hooks, teacher_path, uploaded).fit(resume=resume)
+    job = RankJob(
+        spec_json=spec.model_dump_json(),
+        out_dir=str(out_dir),
+        data_root=str(data_root),
+        teacher_path=None if teacher_path is None else str(teacher_path),
+        uploaded=None if uploaded is None else str(uploaded),
+        resume=resume,
+        port=0,  # the parent's store picks it
+        world=spec.resources.processes,
+    )
+    result: TrainResult = launch(job, hooks or Hooks())
+    return result
 
 
 def evaluate_checkpoint(

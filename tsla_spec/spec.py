@@ -279,6 +279,16 @@ class RunSpec(StrictModel):
     on_nonfinite: Literal["fail", "continue"] = "fail"
 
     @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> RunSpec:
+        processes = self.resources.processes
+        if self.batch_size % processes:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of resources.processes ({processes}): "
+                "each process trains on an equal part of every batch"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _epochs_cover_switch(self) -> RunSpec:
         switch = self.smoothing.switch_epoch
         if self.smoothing.method in TWO_STAGE_METHODS and switch is not None and switch >= self.epochs:
