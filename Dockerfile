@@ -36,10 +36,10 @@ RUN groupadd --system --gid 10001 tsla \
 WORKDIR /app
 
 # Dependency layer, before any code, so that editing code does not reinstall torch (gigabytes).
-# The stub is the dependency list itself, read from pyproject.toml with tomllib: this layer is
-# rebuilt only when pyproject.toml changes.
+# The stub is the dependency list itself, read from pyproject.toml with tomllib, with the `s3`
+# extra (object storage for checkpoints): this layer is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
@@ -55,7 +55,7 @@ COPY tsla_cli ./tsla_cli
 COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[s3]" \
     && cd / && rm -rf /app/*
 WORKDIR /var/lib/tsla
 

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
 from tsla_service.experiments import ExperimentConflict
+from tsla_service.queues import UnknownQueue
 from tsla_service.submit import ActiveJobLimit, IdempotencyConflict
 from tsla_spec.spec import SpecError
 
@@ -49,6 +50,7 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     IdempotencyConflict: 409,
     ActiveJobLimit: 429,
     ExperimentConflict: 409,
+    UnknownQueue: 422,
 }
 
 

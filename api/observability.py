@@ -2,8 +2,9 @@
 
 Request latency is measured in this process. Job figures are read from the database at scrape
 time, so every API replica reports the same truth and nothing is lost when one restarts:
-jobs by state, queue depth, live workers, the histogram of epoch durations, and images/s of
-running jobs. Only operator tokens may read it: it names every token's running jobs.
+jobs by state, queued jobs by queue (one label value per queue of TSLA_QUEUES), live workers, the
+histogram of epoch durations, and images/s of running jobs. Only operator tokens may read it: it
+names every token's running jobs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import and_, case, func, select
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tsla_service.db import session_factory
@@ -28,40 +30,46 @@ EPOCH_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+def running_speeds(session: Session) -> list[tuple[str, float | None]]:
+    """(job id, newest images/s) of every running job that logged one."""
+    latest = (
+        select(MetricRow.job_id, func.max(MetricRow.seq).label("seq"))
+        .join(Job, Job.id == MetricRow.job_id)
+        .where(Job.state == "running", MetricRow.name == "images_per_s")
+        .group_by(MetricRow.job_id)
+        .subquery()
+    )
+    newest = and_(MetricRow.job_id == latest.c.job_id, MetricRow.seq == latest.c.seq)
+    return list(session.execute(select(MetricRow.job_id, MetricRow.value).join(latest, newest)).all())
+
+
 class JobsCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         self.sessions = session_factory(settings.resolved_database_url)
+        self.queues = list(settings.queues)
 
     def collect(self) -> Iterator[Metric]:
         with self.sessions() as session:
             counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            queued = select(Job.queue, func.count()).where(Job.state == "queued").group_by(Job.queue)
+            depths = dict(session.execute(queued).all())
             sums = [func.sum(case((MetricRow.value <= bound, 1), else_=0)) for bound in EPOCH_BUCKETS]
             epoch_row = session.execute(
                 select(func.count(), func.coalesce(func.sum(MetricRow.value), 0.0), *sums).where(
                     MetricRow.name == "epoch_time"
                 )
             ).one()
-            latest = (
-                select(MetricRow.job_id, func.max(MetricRow.seq).label("seq"))
-                .join(Job, Job.id == MetricRow.job_id)
-                .where(Job.state == "running", MetricRow.name == "images_per_s")
-                .group_by(MetricRow.job_id)
-                .subquery()
-            )
-            speeds = session.execute(
-                select(MetricRow.job_id, MetricRow.value).join(
-                    latest, and_(MetricRow.job_id == latest.c.job_id, MetricRow.seq == latest.c.seq)
-                )
-            ).all()
+            speeds = running_speeds(session)
             workers = len(live_workers(session))
 
         jobs = GaugeMetricFamily("tsla_jobs", "Jobs by state", labels=["state"])
         for state in JOB_STATES:
             jobs.add_metric([state], counts.get(state, 0))
         yield jobs
-        yield GaugeMetricFamily(
-            "tsla_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0)
-        )
+        depth = GaugeMetricFamily("tsla_queue_depth", "Queued jobs by the queue they go to", labels=["queue"])
+        for queue in self.queues:  # a stored queue no longer configured gets no label value
+            depth.add_metric([queue], depths.get(queue, 0))
+        yield depth
         yield GaugeMetricFamily("tsla_workers", "Worker processes seen consuming lately", value=workers)
         count, total, *cumulative = epoch_row
         buckets = [(str(float(b)), int(c or 0)) for b, c in zip(EPOCH_BUCKETS, cumulative, strict=True)]

@@ -34,6 +34,7 @@ class JobCreate(BaseModel):
     smoothing: dict[str, Any] | None = None
     checkpoint: dict[str, Any] | None = None
     grad_variance: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None
     epochs: int | None = None
     batch_size: int | None = None
     seed: int | None = None
@@ -62,6 +63,7 @@ class JobPublic(BaseModel):
     max_attempts: int
     cancel_requested: bool
     error: str | None
+    queue: str = Field(description="the broker queue it is sent to: resources.queue, else by its device")
     teacher_job_id: str | None
     experiment_id: str | None = Field(description="the experiment the job is a cell or the teacher of")
     spec: dict[str, Any]
@@ -334,6 +336,9 @@ class Readiness(BaseModel):
     status: Literal["ready"]
     workers: int = Field(description="worker processes seen consuming lately")
     queues: list[str] = Field(description="the queues they consume")
+    consumed: dict[str, bool] = Field(
+        description="each queue of this server (TSLA_QUEUES): whether a live worker consumes it"
+    )
 
 
 class Message(BaseModel):

@@ -482,7 +482,7 @@ def start_postgres_stack(stack: ExitStack, tmp: Path, redis_db: int, errors: lis
     env = service_env(
         TSLA_DATABASE_URL=url,
         TSLA_BROKER_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
-        TSLA_QUEUE=queue,
+        TSLA_QUEUES=queue,
         TSLA_STORAGE_URL=str(home / "checkpoints"),
         TSLA_HOME=str(home),
     )

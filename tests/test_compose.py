@@ -17,11 +17,14 @@ import pytest
 import yaml
 
 from tsla_cli import stack
+from tsla_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CHECKPOINTS_DIR = "/var/lib/tsla/checkpoints"
-SERVICES = {"postgres", "redis", "migrate", "api", "worker"}
+SERVICES = {"postgres", "redis", "migrate", "api", "worker", "cpu-worker"}
+WORKERS = ("worker", "cpu-worker")
+APP_SERVICES = ("migrate", "api", *WORKERS)
 
 
 @pytest.fixture(scope="module")
@@ -70,25 +73,25 @@ def test_services_exist(compose: dict[str, Any]) -> None:
     assert not missing, missing
 
 
-def test_worker_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:
+def test_worker_reserves_an_nvidia_gpu_and_the_cpu_worker_none(compose: dict[str, Any]) -> None:
     devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
     nvidia = [device for device in devices if device.get("driver") == "nvidia"]
     assert any(d.get("count") == 1 and "gpu" in d.get("capabilities", []) for d in nvidia), devices
+    assert "deploy" not in compose["services"]["cpu-worker"]
 
 
 def test_api_and_worker_share_the_checkpoints_volume(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    api_source, _ = _mounts(services["api"])[CHECKPOINTS_DIR]
-    worker_source, worker_read_only = _mounts(services["worker"])[CHECKPOINTS_DIR]
-    assert api_source == worker_source == "checkpoints"
+    assert _mounts(services["api"])[CHECKPOINTS_DIR][0] == "checkpoints"
+    for name in WORKERS:
+        assert _mounts(services[name])[CHECKPOINTS_DIR] == ("checkpoints", False), "workers write them"
     assert "checkpoints" in compose["volumes"], "a named volume, declared at the top level"
-    assert not worker_read_only, "the worker writes the checkpoints"
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         assert services[name]["environment"]["TSLA_STORAGE_URL"] == CHECKPOINTS_DIR
 
 
 def test_datasets_are_mounted_read_only(compose: dict[str, Any]) -> None:
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         service = compose["services"][name]
         assert _mounts(service)["/data"] == ("datasets", True)
         assert service["environment"]["TSLA_DATA_ROOT"] == "/data"
@@ -109,13 +112,12 @@ def test_migration_runs_once_before_api_and_worker(compose: dict[str, Any]) -> N
     migrate = services["migrate"]
     assert migrate["restart"] == "no", "the string 'no': a bare `no` is YAML's false"
     assert _depends_on(migrate) == {"postgres": "service_healthy"}
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         deps = _depends_on(services[name])
         assert deps["migrate"] == "service_completed_successfully", name
         assert deps["redis"] == "service_healthy", name
-    app_services = ("migrate", "api", "worker")
-    assert len({services[name]["image"] for name in app_services}) == 1, "one application image"
-    environments = [services[name]["environment"] for name in app_services]
+    assert len({services[name]["image"] for name in APP_SERVICES}) == 1, "one application image"
+    environments = [services[name]["environment"] for name in APP_SERVICES]
     assert all(env == environments[0] for env in environments)
     assert environments[0]["TSLA_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert environments[0]["TSLA_BROKER_URL"].startswith("redis://redis:6379/")
@@ -142,4 +144,23 @@ def test_compose_runs_the_launchers_command_lines(compose: dict[str, Any]) -> No
     services = compose["services"]
     assert services["migrate"]["command"] == stack.migrate_command(python="python")
     assert services["api"]["command"] == stack.api_command("0.0.0.0", 8000, python="python")
-    assert services["worker"]["command"] == stack.worker_command(["training"], python="python")
+    assert services["worker"]["command"] == stack.worker_command(["gpu"], python="python")
+    assert services["cpu-worker"]["command"] == stack.worker_command(["cpu"], python="python")
+
+
+def test_each_queue_has_a_worker_and_jobs_go_by_device(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings the services read list exactly the queues the workers consume; CUDA jobs go to
+    the GPU worker's, CPU jobs to the CPU worker's (tsla_service/queues.py)."""
+    for name, value in compose["services"]["api"]["environment"].items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    consumed = {}
+    for name in WORKERS:
+        command = compose["services"][name]["command"]
+        consumed[name] = command[command.index("--queues") + 1].split(",")
+    assert sorted(settings.queues) == sorted(queue for queues in consumed.values() for queue in queues)
+    assert settings.device_queues == {"cuda": "gpu", "cpu": "cpu"}
+    assert consumed == {"worker": ["gpu"], "cpu-worker": ["cpu"]}
+    assert settings.queues[0] == "gpu", "`auto` jobs, by the first queue, go to the GPU worker"

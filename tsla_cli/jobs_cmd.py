@@ -75,6 +75,9 @@ def submit(
     switch_epoch: Annotated[Optional[int], typer.Option()] = None,
     epochs: Annotated[Optional[int], typer.Option()] = None,
     teacher_job: Annotated[Optional[str], typer.Option(help="id of a succeeded job (-pre methods)")] = None,
+    queue: Annotated[
+        Optional[str], typer.Option(help="the server's queue to run on (default: by the device)")
+    ] = None,
     name: Annotated[Optional[str], typer.Option()] = None,
     assignments: Annotated[list[str], typer.Option("--set", help="override a field: key.path=value")] = [],  # noqa: B006
     idempotency_key: Annotated[
@@ -90,6 +93,7 @@ def submit(
         "smoothing.switch_epoch": switch_epoch,
         "smoothing.teacher": {"job": teacher_job} if teacher_job is not None else None,
         "epochs": epochs,
+        "resources.queue": queue,
         "name": name,
     }
     try:
@@ -99,6 +103,7 @@ def submit(
     with connect(url, token) as client:
         job = client.submit(body, idempotency_key=idempotency_key)
     summary = f"submitted {job['name']}: {job['method']} on {job['dataset']}, {job['epochs']} epochs"
+    summary += f", queue {job['queue']}"
     errors.print(Text(summary))
     console.print(job["id"])
 
@@ -117,15 +122,16 @@ def jobs(
 
 def jobs_table(items: list[dict[str, Any]], width: int) -> Table:
     """Whole ids (scripts take them) and the main columns in `width` characters (80 fits); the
-    name is cut to what is left; the data set and creation time show on wider terminals."""
+    name is cut to what is left; the data set, queue and creation time show on wider terminals."""
     wide = width >= WIDE_TERMINAL
-    headers = ["id", "name", "state", "method", *(["dataset"] if wide else []), "epochs", "top-1"]
+    headers = ["id", "name", "state", "method", *(["dataset", "queue"] if wide else []), "epochs", "top-1"]
     headers += ["created"] if wide else []
     rows = []
     for job in items:
         best = f"{job['best_top1']:.2f}" if job["best_top1"] is not None else "-"
         cells = {"id": job["id"], "name": job["name"], "state": job["state"], "method": job["method"]}
         cells |= {"dataset": job["dataset"], "epochs": f"{job['epochs_done']}/{job['epochs']}", "top-1": best}
+        cells["queue"] = job["queue"]
         cells["created"] = job["created_at"][:16].replace("T", " ")
         rows.append([str(cells[header]) for header in headers])
     widths = [max([len(header)] + [len(row[i]) for row in rows]) for i, header in enumerate(headers)]
@@ -148,8 +154,8 @@ def show(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -
         job = client.get(job_id)
         checkpoints = client.checkpoints(job_id)
     table = Table(title=f"job {job['id']}", show_header=False)
-    shown = ("name", "state", "method", "dataset", "epochs_done", "epochs", "best_top1", "attempt", "error")
-    for key in (*shown, "created_at", "started_at", "finished_at"):
+    shown = ("name", "state", "method", "dataset", "queue", "epochs_done", "epochs", "best_top1", "attempt")
+    for key in (*shown, "error", "created_at", "started_at", "finished_at"):
         table.add_row(key, Text(str(job[key])))
     table.add_row("checkpoints", ", ".join(c["name"] for c in checkpoints["items"]) or "-")
     console.print(table)

@@ -1,9 +1,10 @@
 """`tsla serve`: the embedded stack in one command, with all its state under --home.
 
 It migrates the database (SQLite by default), then runs the API (uvicorn) and a real `celery
-worker` as child processes and supervises them: a worker that dies is started again (with a
-growing pause, logged), and the service stops when the API does. The same processes run in
-production, pointed at PostgreSQL, Redis and shared storage by the TSLA_* settings.
+worker` on every queue of TSLA_QUEUES as child processes and supervises them: a worker that dies
+is started again (with a growing pause, logged), and the service stops when the API does. The
+same processes run in production, pointed at PostgreSQL, Redis and shared storage by the TSLA_*
+settings.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def serve_command(
     env = {**os.environ, "TSLA_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     logs = home / "logs"
     api = Supervised("API", stack.api_command(host, port), env, None)
-    worker_command = stack.worker_command([settings.queue], logfile=logs / "worker.log")
+    worker_command = stack.worker_command(settings.queues, logfile=logs / "worker.log")
     workers = [Supervised("worker", worker_command, env, logs / "worker.out")] if worker else []
     typer.echo(f"TSLA service on http://{host}:{port} (home {home}; API docs at /docs)", err=True)
     if os.environ.get("TSLA_TOKEN"):

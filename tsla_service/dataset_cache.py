@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
-from tsla_service.storage import Storage
+from tsla_service.storage import STORAGE_ERRORS, Storage
 from tsla_spec.uploads import ARRAY_FILES, MANIFEST, SHA256_PATTERN, DatasetManifest
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class DatasetCache:
                 raise DatasetFetchError(f"data set {sha256} is not in storage (no {manifest_key})")
             for name in (MANIFEST, *ARRAY_FILES):
                 self.storage.get_file(dataset_key(sha256, name), temp / name)
-        except OSError as exc:
+        except STORAGE_ERRORS as exc:
             raise DatasetFetchError(f"downloading data set {sha256} failed: {exc}") from exc
 
 

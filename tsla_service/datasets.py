@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from tsla_service.dataset_ingest import IngestError, IngestLimits, ingest
 from tsla_service.models import Dataset, DatasetUpload, Job, utcnow
 from tsla_service.settings import Settings
-from tsla_service.storage import Storage
+from tsla_service.storage import Storage, storage_for
 from tsla_spec.datasets import DATASETS
 from tsla_spec.hashing import sha256_file
 from tsla_spec.spec import RunSpec, SpecError, UploadedData
@@ -249,7 +249,7 @@ def finish_upload(session: Session, settings: Settings, upload: DatasetUpload) -
             existing = find_dataset(session, upload.owner, upload.name)
             if existing is not None:
                 return same_content(existing, manifest)
-            storage = Storage(settings.resolved_storage_url)
+            storage = storage_for(settings)
             store_canonical(storage, converted, manifest)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -338,7 +338,7 @@ def delete_dataset(session: Session, settings: Settings, dataset: Dataset) -> No
     sha256 = dataset.sha256
     session.delete(dataset)
     session.commit()
-    remove_unreferenced(session, Storage(settings.resolved_storage_url), sha256)
+    remove_unreferenced(session, storage_for(settings), sha256)
 
 
 def remove_unreferenced(session: Session, storage: Storage, sha256: str) -> None:

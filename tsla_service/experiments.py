@@ -278,11 +278,13 @@ def store_jobs(
     flushed alone, so that the checks of the cells that learn from it find it."""
     rows: list[Job] = []
     for offset, job in enumerate(planned):
-        spec, teacher_job_id = check_runnable(session, settings, job.spec, experiment.owner, experiment.id)
+        runnable = check_runnable(session, settings, job.spec, experiment.owner, experiment.id)
         request = JobRequest(
-            spec.model_dump(mode="json"), job_name(experiment.name, job.cell), experiment.max_attempts
+            runnable.spec.model_dump(mode="json"),
+            job_name(experiment.name, job.cell),
+            experiment.max_attempts,
         )
-        row = new_job_row(spec, experiment.owner, request, teacher_job_id)
+        row = new_job_row(runnable, experiment.owner, request)
         row.id, row.experiment_id, row.cell, row.cell_key = job.id, experiment.id, job.cell, job.key
         row.role, row.position, row.held = job.role, first_position + offset, True
         rows.append(row)

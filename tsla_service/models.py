@@ -77,6 +77,9 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # The 201 body first returned for an Idempotency-Key, replayed verbatim to retries.
     create_response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The broker queue it is sent to (tsla_service/queues.py); rows older than revision 0007 had
+    # the one queue `training`.
+    queue: Mapped[str] = mapped_column(String(64), server_default="training")
     # Set once the id is on the queue; NULL means the broker was unreachable and the reaper sends it.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Python-side defaults: SQLite's CURRENT_TIMESTAMP has whole-second resolution.

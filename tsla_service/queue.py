@@ -1,7 +1,9 @@
 """The job queue: one Celery configuration for the API (which sends) and the worker (which consumes).
 
 Messages carry a job id, never a spec: the job row is the source of truth, committed before its
-id is sent. The API sends by task name, so it imports neither the worker nor torch.
+id is sent, to the queue the row names (tsla_service/queues.py). Every process declares all of
+TSLA_QUEUES; a worker consumes those it was started with (`--queues`). The API sends by task
+name, so it imports neither the worker nor torch.
 
 Settings for long training tasks (read by the worker):
 - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after the
@@ -23,9 +25,11 @@ import logging
 
 from celery import Celery
 from kombu import Queue
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tsla_service import jobs
+from tsla_service.models import Job
 from tsla_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,22 +50,22 @@ def make_celery(settings: Settings, name: str = "tsla") -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_default_queue=settings.queue,
-        task_queues=[Queue(settings.queue)],
+        task_default_queue=settings.queues[0],
+        task_queues=[Queue(name) for name in settings.queues],
         task_create_missing_queues=False,
-        task_routes={TRAIN_TASK: {"queue": settings.queue}},
         worker_hijack_root_logger=False,
     )
     return app
 
 
 def send_job(app: Celery, session: Session, job_id: str) -> bool:
-    """Put the id of a committed job on the queue, then mark the row enqueued.
+    """Put the id of a committed job on the row's queue, then mark the row enqueued.
 
-    False when the broker is unreachable: the job stays stored with `enqueued_at` NULL, and the
-    reaper sends it later."""
+    False when the broker is unreachable (or the queue no longer configured): the job stays stored
+    with `enqueued_at` NULL, and the reaper sends it later."""
+    queue = session.scalar(select(Job.queue).where(Job.id == job_id))
     try:
-        app.send_task(TRAIN_TASK, args=[job_id], retry=True)
+        app.send_task(TRAIN_TASK, args=[job_id], queue=queue, retry=True)
     except Exception:  # any broker failure: the row is safe, the reaper retries
         log.exception("job %s stored but not sent; the reaper will send it", job_id)
         return False

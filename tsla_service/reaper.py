@@ -2,7 +2,8 @@
 every API process, so jobs are recovered even while no worker runs.
 
 Every `lease_seconds / 2` it moves running jobs with an expired lease back to `queued` (or to
-`failed` when their attempts are spent), sends the ids of queued jobs that are not on the queue,
+`failed` when their attempts are spent), sends the ids of queued jobs that are not on the broker
+to each job's own queue (tsla_service/queue.send_job),
 and schedules every experiment with held jobs (or with nothing left to run), so that an
 experiment moves on even when the worker that should have scheduled it was lost. Several
 reapers may run at once: each change is a conditional UPDATE or runs in the owner's submission

@@ -3,17 +3,21 @@
 With nothing set, everything lives under `TSLA_HOME` (default `./.tsla`): a SQLite database, a
 filesystem Celery broker and the checkpoints, so the embedded default needs no server.
 Production sets `TSLA_DATABASE_URL` (PostgreSQL), `TSLA_BROKER_URL` (Redis) and
-`TSLA_STORAGE_URL` (a shared volume or an fsspec URL such as `s3://bucket/tsla`).
+`TSLA_STORAGE_URL` (a shared volume or an fsspec URL such as `s3://bucket/tsla`), and names its
+queues in `TSLA_QUEUES` and `TSLA_DEVICE_QUEUES` (the rule: tsla_service/queues.py).
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tsla_service.queues import check_queue_settings
 
 
 class Settings(BaseSettings):
@@ -30,8 +34,24 @@ class Settings(BaseSettings):
     work_dir: Path | None = Field(
         None, description="worker scratch space for remote storage; default HOME/work"
     )
+    # Object storage (s3://bucket/prefix, tsla_service/storage.py). Credentials and region come
+    # from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION).
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto); default AWS's own"
+    )
+    # A file of at least twice this size goes up as a multipart upload (S3's smallest part: 5 MiB).
+    storage_part_bytes: int = Field(64 * 1024**2, ge=5 * 1024**2, description="one part of an upload")
+    storage_retry_seconds: float = Field(
+        300.0, ge=0, description="how long a worker waits out unreachable storage before it gives up"
+    )
     data_root: Path = Field(Path("data"), description="folder holding the named data sets")
-    queue: str = Field("training", description="Celery queue of training tasks")
+    # NoDecode: the value is read by `_split_queues`, so a plain `gpu,cpu` works besides JSON.
+    queues: Annotated[list[str], NoDecode] = Field(
+        ["training"], description="broker queues, comma-separated or a JSON list; the first is the default"
+    )
+    device_queues: dict[str, str] = Field(
+        {}, description='JSON: the queue of jobs by device kind (auto, cpu, cuda), e.g. {"cuda": "gpu"}'
+    )
     # The lease a worker holds on a running job; it renews it every lease_seconds / 3.
     lease_seconds: float = Field(60.0, gt=0)
     # Seconds between a worker's polls of the broker's filesystem folder (embedded default).
@@ -65,6 +85,20 @@ class Settings(BaseSettings):
     max_upload_chunk_bytes: int = Field(64 * 1024**2, gt=0, description="one PATCH of an upload")
     max_datasets_per_token: int = Field(100, gt=0, description="uploaded data sets a token may keep")
     upload_expiry_seconds: float = Field(24 * 3600, gt=0, description="an unfinished upload's lifetime")
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: Any) -> Any:
+        """TSLA_QUEUES=gpu,cpu or TSLA_QUEUES='["gpu", "cpu"]'."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [name.strip() for name in text.split(",")]
+        return value
+
+    @model_validator(mode="after")
+    def _check_queues(self) -> Settings:
+        check_queue_settings(self.queues, self.device_queues)
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,10 +1,11 @@
 """Submission: the one place that turns a request into a stored, enqueued job.
 
 validate the spec -> lock the caller's token row -> replay a retried Idempotency-Key -> check the
-job can run here (data set, teacher) -> check the caller's active-job cap -> insert the row with
-its response -> commit -> send the id. The API's `POST /jobs` calls `submit_job`; experiments
-(tsla_service/experiments.py) run the same pieces through `in_submission` and `insert_jobs`, for
-many rows at once. Anything else that creates jobs must use them too.
+job can run here (its queue, data set, teacher) -> check the caller's active-job cap -> insert the
+row with its response -> commit -> send the id to the row's queue (tsla_service/queues.py). The
+API's `POST /jobs` calls `submit_job`; experiments (tsla_service/experiments.py) run the same
+pieces through `in_submission` and `insert_jobs`, for many rows at once. Anything else that
+creates jobs must use them too.
 
 The lock makes the cap and the idempotent insert atomic: it is an UPDATE of the caller's token
 row, the first statement of the transaction, so one token's submissions run one at a time on
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 from tsla_service.datasets import resolve_data
 from tsla_service.models import ApiToken, Experiment, Job, utcnow
 from tsla_service.queue import send_job
+from tsla_service.queues import job_queue
 from tsla_service.settings import Settings
 from tsla_spec.datasets import DATASETS
 from tsla_spec.resources import estimate_resources, short_number
@@ -75,6 +77,16 @@ class Idempotency:
     fingerprint: str
 
 
+@dataclass(frozen=True)
+class Runnable:
+    """A job as it will run here: its spec (an uploaded data set's name resolved to its content),
+    the queue it is sent to, and the job it learns from, if any."""
+
+    spec: RunSpec
+    queue: str
+    teacher_job_id: str | None
+
+
 # Renders the stored job as the response body the caller gets (and a retry gets again).
 Render = Callable[[Job], dict[str, Any]]
 # Inserts rows inside the submission lock; returns the response and the job ids to send after commit.
@@ -88,9 +100,9 @@ def submit_job(
     spec = build_spec(request.raw_spec)
 
     def store() -> tuple[dict[str, Any], list[str]]:
-        resolved, teacher_job_id = check_runnable(session, settings, spec, owner)
+        runnable = check_runnable(session, settings, spec, owner)
         check_active_cap(session, settings, owner)
-        job = new_job_row(resolved, owner, request, teacher_job_id)
+        job = new_job_row(runnable, owner, request)
         insert_jobs(session, [job])  # fills in the id and timestamps the response shows
         job.create_response = render(job)
         return job.create_response, [job.id]
@@ -160,11 +172,11 @@ def insert_jobs(session: Session, rows: Sequence[Job]) -> None:
 
 def check_runnable(
     session: Session, settings: Settings, spec: RunSpec, owner: str, experiment_id: str | None = None
-) -> tuple[RunSpec, str | None]:
-    """Refuse what would only fail later on a worker; returns the spec as it will run (an uploaded
-    data set's name resolved to its content: tsla_service/datasets.py) and the teacher job id, if
-    any. Inside experiment `experiment_id`, the teacher may be one of its own jobs that has not
-    finished yet."""
+) -> Runnable:
+    """Refuse what would only fail later on a worker or wait for none (an unknown queue); returns
+    the job as it will run. Inside experiment `experiment_id`, the teacher may be one of its own
+    jobs that has not finished yet."""
+    queue = job_queue(settings, spec)
     spec = resolve_data(session, spec, owner)
     if not spec.data.is_uploaded:
         problem = DATASETS[spec.data.name].problem(settings.data_root)
@@ -173,13 +185,13 @@ def check_runnable(
     check_resources(settings, spec)
     teacher = spec.smoothing.teacher
     if teacher is None:
-        return spec, None
+        return Runnable(spec, queue, None)
     if teacher.path is not None:
         raise SpecError(
             "smoothing.teacher.path: the service takes no file paths; name a finished job with teacher.job"
         )
     assert teacher.job is not None
-    return spec, check_teacher(session, teacher.job, owner, spec, experiment_id).id
+    return Runnable(spec, queue, check_teacher(session, teacher.job, owner, spec, experiment_id).id)
 
 
 def check_teacher(
@@ -240,7 +252,8 @@ def check_active_cap(session: Session, settings: Settings, owner: str) -> None:
         raise ActiveJobLimit(f"{active} jobs are queued or running for this token; the limit is {limit}")
 
 
-def new_job_row(spec: RunSpec, owner: str, request: JobRequest, teacher_job_id: str | None) -> Job:
+def new_job_row(runnable: Runnable, owner: str, request: JobRequest) -> Job:
+    spec = runnable.spec
     return Job(
         name=request.name or f"{spec.smoothing.method}-{spec.data.name}",
         owner=owner,
@@ -249,7 +262,8 @@ def new_job_row(spec: RunSpec, owner: str, request: JobRequest, teacher_job_id: 
         method=spec.smoothing.method,
         dataset=spec.data.name,
         epochs=spec.epochs,
-        teacher_job_id=teacher_job_id,
+        queue=runnable.queue,
+        teacher_job_id=runnable.teacher_job_id,
         max_attempts=request.max_attempts,
         idempotency_key=request.idempotency_key,
         request_hash=request.fingerprint,

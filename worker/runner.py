@@ -5,11 +5,19 @@ CANCEL_POLL_SECONDS; the training loop polls a threading.Event between steps, so
 never queried on the training hot path.
 
 How an attempt ends: a divergence, a missing data set or a bad teacher is the job's own error
-(`failed` with the reason, not retried); checkpoint storage that fails after the core's retries
-is the infrastructure's (`jobs.release_job`: re-queued while attempts remain, then `failed` with
-the reason); anything else fails the job with a one-line reason that never quotes SQL. Once the
-end is recorded, a job of an experiment lets its experiment move on (`experiments.schedule`:
-a freed slot, a teacher that succeeded or failed).
+(`failed` with the reason, not retried); a rank of a multi-process job that died
+(RankLostError: the group was ended) and checkpoint storage that fails after the core's retries,
+or stays unreachable longer than `storage_retry_seconds`, is the infrastructure's
+(`jobs.release_job`: re-queued while attempts remain, then `failed` with the reason); anything
+else fails the job with a one-line reason that never quotes SQL. Once the end is recorded, a job
+of an experiment lets its experiment move on (`experiments.schedule`: a freed slot, a teacher
+that succeeded or failed).
+
+On object storage a checkpoint's row is recorded only once its upload succeeded; until then the
+training loop waits (an outage delays the job, it loses no checkpoint). A checkpoint that could
+not be uploaded stays in this worker's scratch space, and the next attempt here uploads and
+records it before it resumes from it (`upload_pending`); an attempt on another worker resumes from
+the newest stored one.
 
 When training starts the job's `provenance` is recorded: the core's RunInfo (versions, device,
 data set identity) and the git commit of the worker's code.
@@ -28,7 +36,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +51,7 @@ from tsla_core.checkpoint import (
     SkippedCheckpoint,
     retry_storage,
 )
+from tsla_core.distributed import RankLostError
 from tsla_core.loop import DivergedError
 from tsla_core.readers import DatasetError
 from tsla_service import events, experiments, jobs, results
@@ -50,7 +59,7 @@ from tsla_service.dataset_cache import DatasetCache, DatasetFetchError
 from tsla_service.db import session_factory
 from tsla_service.models import Job
 from tsla_service.settings import Settings
-from tsla_service.storage import Storage
+from tsla_service.storage import Storage, StorageUnavailable, retry_unreachable, storage_for
 from tsla_spec.records import RunInfo
 from tsla_spec.spec import RunSpec, upgrade_stored_spec
 
@@ -225,27 +234,51 @@ class JobRun:
         events.notify(self.settings.events_url, self.job_id, "metrics")
 
     def on_checkpoint(self, record: CheckpointRecord) -> None:
+        """Upload (remote storage), then record the row: a listed checkpoint is always stored."""
         key = self.storage.key(self.job_id, f"checkpoints/{record.path.name}")
         kept = {r.name for r in CheckpointStore(record.path.parent).records()}
         if not self.storage.is_local:
             self.upload(record.path, key)
             self.upload(record.path.with_suffix(".json"), key.removesuffix(".pt") + ".json")
-            for stored in self.storage.list(f"{self.job_id}/checkpoints"):
-                if Path(stored).stem not in kept:  # the core's retention removed the local copy
-                    self.storage.delete(stored)
         self.write(
             lambda session: results.record_checkpoint(session, self.job_id, record, key, kept),
             f"recording checkpoint {record.name}",
         )
+        if not self.storage.is_local:
+            self.prune_stored(kept)
         events.notify(self.settings.events_url, self.job_id, "checkpoint")
 
     def upload(self, local: Path, key: str) -> None:
-        """Remote storage: retried like the core's local writes; CheckpointStorageError after."""
-        retry_storage(
-            lambda: self.storage.put_file(local, key),
-            f"uploading {local.name}",
-            log=lambda message: self.log(message, level="warning"),
-        )
+        self.stored(lambda: self.storage.put_file(local, key), f"uploading {local.name}")
+
+    def stored(self, action: Callable[[], T], what: str) -> T:
+        """A remote storage action: waited out while storage is unreachable (StorageUnavailable
+        after `storage_retry_seconds`); other storage errors retried like the core's local writes
+        (CheckpointStorageError after). Every retry is a warning in the job's log."""
+
+        def warn(message: str) -> None:
+            self.log(message, level="warning")
+
+        retry_for = self.settings.storage_retry_seconds
+        return retry_storage(lambda: retry_unreachable(action, what, retry_for, warn), what, log=warn)
+
+    def prune_stored(self, kept: set[str]) -> None:
+        """Delete the stored checkpoints the core's retention removed locally (their rows are marked
+        deleted already, so none is offered meanwhile)."""
+        folder = f"{self.job_id}/checkpoints"
+        for key in self.stored(lambda: self.storage.list(folder), "listing stored checkpoints"):
+            if Path(key).stem not in kept:
+                self.stored(partial(self.storage.delete, key), f"deleting {Path(key).name}")
+
+    def upload_pending(self, folder: Path, stored: list[str]) -> None:
+        """Upload and record the checkpoints in scratch newer than every stored one: an earlier
+        attempt on this worker wrote them but could not upload them (storage was unreachable)."""
+        stored_names = {Path(key).stem for key in stored}
+        records = CheckpointStore(folder).records()  # oldest first
+        newest_stored = max((i for i, r in enumerate(records) if r.name in stored_names), default=-1)
+        for record in records[newest_stored + 1 :]:
+            self.log(f"uploading checkpoint {record.name}, which an earlier attempt could not")
+            self.on_checkpoint(record)
 
     def on_skipped_checkpoint(self, skipped: SkippedCheckpoint) -> None:
         """Resume passed over a checkpoint that does not verify: stop offering it (list, latest,
@@ -327,7 +360,7 @@ def resolve_teacher(run: JobRun) -> Path | None:
     if run.storage.is_local:
         return Path(run.storage.root) / key
     local = run.settings.resolved_work_dir / run.job_id / "teacher.pt"
-    run.storage.get_file(key, local)
+    run.stored(lambda: run.storage.get_file(key, local), "downloading the teacher's checkpoint")
     return local
 
 
@@ -342,14 +375,17 @@ def fetch_uploaded(run: JobRun) -> Path | None:
     return cache.local(uploaded.sha256)
 
 
-def prepare_run_dir(settings: Settings, storage: Storage, job_id: str) -> Path:
-    """Where the core writes: the storage folder itself, or scratch holding the stored checkpoints."""
-    if storage.is_local:
-        return storage.job_folder(job_id)
-    run_dir = settings.resolved_work_dir / job_id
-    for key in storage.list(f"{job_id}/checkpoints"):
-        storage.get_file(key, run_dir / "checkpoints" / Path(key).name)
-    return run_dir
+def prepare_run_dir(run: JobRun) -> Path:
+    """Where the core writes: the storage folder itself, or scratch holding the stored checkpoints
+    (and those an earlier attempt here could not upload, uploaded now)."""
+    if run.storage.is_local:
+        return run.storage.job_folder(run.job_id)
+    folder = run.settings.resolved_work_dir / run.job_id / "checkpoints"
+    stored = run.stored(lambda: run.storage.list(f"{run.job_id}/checkpoints"), "listing checkpoints")
+    for key in stored:
+        run.stored(partial(run.storage.get_file, key, folder / Path(key).name), f"downloading {key}")
+    run.upload_pending(folder, stored)
+    return folder.parent
 
 
 def claim(
@@ -374,7 +410,7 @@ def claim(
         return None
     spec, attempt, experiment_id = claimed
     events.notify(settings.events_url, job_id, "state")
-    storage = Storage(settings.resolved_storage_url)
+    storage = storage_for(settings)
     return JobRun(settings, sessions, job_id, worker_id, attempt, spec, storage, experiment_id, queue)
 
 
@@ -398,14 +434,14 @@ def train_attempt(run: JobRun, heartbeat: Heartbeat) -> str:
     """One attempt of a claimed job, ended in the database; what happened, for the task log."""
     try:
         run.log(f"attempt {run.attempt} started on {run.worker_id}")
-        run_dir = prepare_run_dir(run.settings, run.storage, run.job_id)
+        run_dir = prepare_run_dir(run)
         teacher_path = resolve_teacher(run)
         uploaded = fetch_uploaded(run)
         hooks = run.hooks(heartbeat)
         result = train(run.spec, run_dir, run.settings.data_root, hooks, teacher_path, uploaded=uploaded)
     except USER_ERRORS as error:
         return run.finish("failed", describe(error))
-    except (CheckpointStorageError, DatasetFetchError) as error:
+    except (CheckpointStorageError, StorageUnavailable, DatasetFetchError, RankLostError) as error:
         return run.release(str(error))
     except Exception as error:
         run.log(traceback.format_exc(), level="error")

@@ -1,9 +1,12 @@
-"""A job's checkpoints: the list, and downloads with Content-Length, ETag = sha256 and Range."""
+"""A job's checkpoints: the list, and downloads with Content-Length, ETag = sha256 and Range.
+
+A download streams from storage chunk by chunk (tsla_service/storage.py); on object storage a
+Range request fetches only its range. Storage that cannot be reached is a 503, not a 500.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import IO, Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Response, status
 from fastapi import Path as PathParam
@@ -15,10 +18,11 @@ from api.params import parse_byte_range, parse_checkpoint_ref
 from api.schemas import JOB_RESPONSES, CheckpointPublic, CheckpointsPublic, Message
 from tsla_service import results
 from tsla_service.models import Checkpoint
-from tsla_service.storage import Storage
+from tsla_service.storage import UNREACHABLE, Storage, storage_for
 
 router = APIRouter(prefix="/jobs", tags=["checkpoints"], responses=JOB_RESPONSES)
-CHUNK = 1 << 20
+# What a client is told to wait before it asks again while storage is unreachable.
+RETRY_AFTER_SECONDS = 10
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic)
@@ -70,18 +74,6 @@ def matches_etag(if_none_match: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def read_span(handle: IO[Any], first: int, length: int) -> Iterator[bytes]:
-    with handle:
-        handle.seek(first)
-        remaining = length
-        while remaining > 0:
-            chunk = handle.read(min(CHUNK, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
-
-
 @router.get(
     "/{job_id}/checkpoints/{ref}",
     response_class=StreamingResponse,
@@ -91,6 +83,7 @@ def read_span(handle: IO[Any], first: int, length: int) -> Iterator[bytes]:
         304: {"description": "If-None-Match matched the ETag"},
         404: {"model": Message, "description": "no such job or checkpoint"},
         416: {"description": "the range is outside the file"},
+        503: {"model": Message, "description": "checkpoint storage is unreachable; try again later"},
     },
 )
 def download_checkpoint(
@@ -104,11 +97,8 @@ def download_checkpoint(
 ) -> Response:
     """Download a checkpoint: `ref` is its id, `latest` or `best`. Resumable with Range."""
     checkpoint = find_checkpoint(session, job.id, ref)
-    storage = Storage(settings.resolved_storage_url)
-    if not storage.exists(checkpoint.storage_key):
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"checkpoint {checkpoint.name} is missing from storage"
-        )
+    storage = storage_for(settings)
+    require_stored(storage, checkpoint)
     etag = f'"{checkpoint.sha256}"'
     size = checkpoint.size
     headers = {
@@ -124,9 +114,33 @@ def download_checkpoint(
     headers["Content-Length"] = str(last - first + 1)
     if span is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    try:
+        chunks = storage.read_range(checkpoint.storage_key, first, last - first + 1)
+    except UNREACHABLE:
+        raise storage_unreachable() from None
     return StreamingResponse(
-        read_span(storage.open(checkpoint.storage_key), first, last - first + 1),
+        chunks,
         status_code=status.HTTP_206_PARTIAL_CONTENT if span is not None else status.HTTP_200_OK,
         media_type="application/octet-stream",
         headers=headers,
+    )
+
+
+def require_stored(storage: Storage, checkpoint: Checkpoint) -> None:
+    """404 when the checkpoint's file is gone from storage; 503 when storage cannot be reached."""
+    try:
+        found = storage.exists(checkpoint.storage_key)
+    except UNREACHABLE:
+        raise storage_unreachable() from None
+    if not found:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"checkpoint {checkpoint.name} is missing from storage"
+        )
+
+
+def storage_unreachable() -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "checkpoint storage is unreachable; try again later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )

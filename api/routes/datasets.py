@@ -16,7 +16,7 @@ from tsla_service import datasets
 from tsla_service.datasets import DatasetConflict, UploadRejected
 from tsla_service.models import Dataset
 from tsla_service.settings import Settings
-from tsla_service.storage import Storage
+from tsla_service.storage import storage_for
 from tsla_spec.datasets import DATASETS, DatasetInfo
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
@@ -116,7 +116,7 @@ def dataset_samples(
     """A grid of the first training images of each class of an uploaded data set, as a PNG."""
     dataset = owned_dataset(session, token.id, name)
     session.commit()  # the grid is read from storage: hold no database connection meanwhile
-    storage = Storage(settings.resolved_storage_url)
+    storage = storage_for(settings)
     image = datasets.sample_grid(storage, datasets.manifest_of(dataset), per_class)
     return Response(image, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 

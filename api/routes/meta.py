@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.deps import CurrentToken, SessionDep, current_token
+from api.deps import CurrentToken, SessionDep, SettingsDep, current_token
 from api.schemas import ERROR_RESPONSES, Message, Readiness
 from tsla_service.models import ApiToken
 from tsla_service.workers import BEAT_SECONDS, STALE_AFTER, live_workers
@@ -36,8 +36,9 @@ async def health() -> dict[str, str]:
     response_model=Readiness,
     responses={503: {"model": Message, "description": "the database is unreachable or no worker consumes"}},
 )
-def readiness(session: SessionDep) -> Readiness | JSONResponse:
-    """Readiness: the database answers and at least one worker was seen consuming lately."""
+def readiness(session: SessionDep, settings: SettingsDep) -> Readiness | JSONResponse:
+    """Readiness: the database answers and at least one worker was seen consuming lately; `consumed`
+    tells which of this server's queues have one (a job sent to another waits for its worker)."""
     try:
         session.execute(text("SELECT 1"))
         workers = live_workers(session)
@@ -48,7 +49,8 @@ def readiness(session: SessionDep) -> Readiness | JSONResponse:
         detail = f"no worker seen consuming in the last {BEAT_SECONDS * STALE_AFTER:.0f} s"
         return JSONResponse({"detail": detail}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
     queues = sorted({queue for worker in workers for queue in worker.queues})
-    return Readiness(status="ready", workers=len(workers), queues=queues)
+    consumed = {queue: queue in queues for queue in settings.queues}
+    return Readiness(status="ready", workers=len(workers), queues=queues, consumed=consumed)
 
 
 def operator_token(token: CurrentToken) -> ApiToken:

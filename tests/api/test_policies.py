@@ -171,7 +171,7 @@ def test_prometheus_metrics_report_jobs_queue_epochs_and_latency(api: Api) -> No
     assert "tsla_workers 0.0" in text
     assert 'tsla_jobs{state="running"} 1.0' in text
     assert 'tsla_jobs{state="queued"} 1.0' in text
-    assert "tsla_queue_depth 1.0" in text
+    assert 'tsla_queue_depth{queue="training"} 1.0' in text
     assert 'tsla_epoch_duration_seconds_bucket{le="2.0"} 1.0' in text
     assert 'tsla_epoch_duration_seconds_bucket{le="10.0"} 2.0' in text
     assert "tsla_epoch_duration_seconds_sum 8.5" in text

@@ -67,7 +67,12 @@ def test_readiness_needs_the_database_and_a_live_worker(api: Api) -> None:
         beat(session, "host:1:abc", ["training"])
     ready = api.client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "workers": 1, "queues": ["training"]}
+    assert ready.json() == {
+        "status": "ready",
+        "workers": 1,
+        "queues": ["training"],
+        "consumed": {"training": True},
+    }
     with session_scope(api.database_url) as session:
         forget(session, "host:1:abc")
     assert api.client.get("/readyz").status_code == 503

@@ -140,7 +140,7 @@ def test_submit_prints_only_the_job_id(stack: Service, main_job: dict[str, Any])
     assert result.stdout.count("\n") == 1
     human = result.stderr.strip().splitlines()
     assert len(human) == 1, describe(result)
-    assert human[0] == "submitted tsla-digits: tsla on digits, 4 epochs"
+    assert human[0] == "submitted tsla-digits: tsla on digits, 4 epochs, queue training"
 
     job = stack.job(main_job["id"])
     assert job["epochs"] == 4 and job["method"] == "tsla" and job["dataset"] == "digits"

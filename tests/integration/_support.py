@@ -394,17 +394,25 @@ class Worker:
 
 class FaultStack:
     """A private stack for one fault-injection test: its own PostgreSQL database (migrated with
-    Alembic), empty Redis database, queue, storage folder and uvicorn API process, plus the celery
-    worker processes the test starts (and may kill). Closing it stops every process (whole process
-    groups), flushes the Redis database and drops the PostgreSQL database, also after a failure
-    and after PostgreSQL or Redis were restarted, so nothing outside it is touched.
+    Alembic), empty Redis database, queues (TSLA_QUEUES: `queues`, default one of its own), storage
+    folder and uvicorn API process, plus the celery worker processes the test starts (and may
+    kill). Closing it stops every process (whole process groups), flushes the Redis database and
+    drops the PostgreSQL database, also after a failure and after PostgreSQL or Redis were
+    restarted, so nothing outside it is touched.
 
     Workers run torch with one thread (OMP_NUM_THREADS=1): on a small, shared machine two threads
     per process make epochs several times slower and far more uneven.
     """
 
-    def __init__(self, root: Path, lease_seconds: float = 15.0, visibility_timeout: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        lease_seconds: float = 15.0,
+        visibility_timeout: int | None = None,
+        queues: Sequence[str] = (),
+    ):
         self.root = root
+        self.queues = list(queues)
         self.lease_seconds = lease_seconds
         self.visibility_timeout = visibility_timeout
         self.workers: list[Worker] = []
@@ -432,7 +440,8 @@ class FaultStack:
         start_redis()  # a test that failed to restart it must not break the next one
         suffix = secrets.token_hex(4)
         self.db_name = f"tsla_fault_{suffix}"
-        self.queue = f"tsla-fault-{suffix}"
+        self.queues = self.queues or [f"tsla-fault-{suffix}"]
+        self.queue = self.queues[0]
         self.database_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db_name}"
         self.psycopg_url = f"postgresql://postgres@127.0.0.1:5432/{self.db_name}"
 
@@ -469,7 +478,7 @@ class FaultStack:
             "TSLA_BROKER_URL": self.broker_url,
             "TSLA_STORAGE_URL": str(self.root / "storage"),
             "TSLA_HOME": str(self.root / "home"),
-            "TSLA_QUEUE": self.queue,
+            "TSLA_QUEUES": ",".join(self.queues),
             "TSLA_LEASE_SECONDS": str(lease_seconds or self.lease_seconds),
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
@@ -486,10 +495,17 @@ class FaultStack:
             self._api_checked = True
         return self._service
 
-    def start_worker(self, name: str, lease_seconds: float | None = None, wait: bool = True) -> Worker:
-        """A new celery worker process on the stack's queue; by default waits until it is ready."""
+    def start_worker(
+        self,
+        name: str,
+        lease_seconds: float | None = None,
+        wait: bool = True,
+        queues: Sequence[str] | None = None,
+    ) -> Worker:
+        """A new celery worker process on `queues` (default: all the stack's); by default waits
+        until it is ready."""
         log = self.root / "logs" / f"worker-{name}.log"
-        command = stack.worker_command([self.queue], hostname=f"{name}.{self.queue}@%h")
+        command = stack.worker_command(queues or self.queues, hostname=f"{name}.{self.queue}@%h")
         process = start_process(command, self.env(lease_seconds), log)
         self._cleanup.callback(stop_process, process)
         worker = Worker(name, process, log)

@@ -69,7 +69,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             TSLA_BROKER_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{broker_db}",
             TSLA_STORAGE_URL=str(root / "storage"),
             TSLA_HOME=str(root / "home"),
-            TSLA_QUEUE=queue,
+            TSLA_QUEUES=queue,
             TSLA_LEASE_SECONDS=LEASE_SECONDS,
         )
         worker_log = root / "logs" / "worker.log"

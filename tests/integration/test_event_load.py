@@ -108,7 +108,7 @@ def load_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadStack]:
                 TSLA_BROKER_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{broker_db}",
                 TSLA_STORAGE_URL=str(root / "storage"),
                 TSLA_HOME=str(root / "home"),
-                TSLA_QUEUE=queue,
+                TSLA_QUEUES=queue,
                 TSLA_LEASE_SECONDS="15",
                 TSLA_EVENTS_POLL_SECONDS=str(POLL_SECONDS),
                 OMP_NUM_THREADS="1",  # one torch thread: the API needs the other core
@@ -419,7 +419,7 @@ def test_a_subscriber_that_stops_reading_catches_up_from_the_database(
     from tsla_service.migrate import upgrade_to_head
     from tsla_service.models import Job, Metric
     from tsla_service.settings import Settings
-    from tsla_service.submit import JobRequest, new_job_row
+    from tsla_service.submit import JobRequest, Runnable, new_job_row
     from tsla_service.tokens import create_token
     from tsla_spec.records import MetricRow
     from tsla_spec.spec import build_spec
@@ -440,7 +440,7 @@ def test_a_subscriber_that_stops_reading_catches_up_from_the_database(
     spec = {"preset": "digits", "epochs": 40, "smoothing": {"method": "lsr"}}
     with session_scope(url) as session:
         token = create_token(session, "lagging")[0]
-        job = new_job_row(build_spec(spec), token.id, JobRequest(raw_spec=spec), None)
+        job = new_job_row(Runnable(build_spec(spec), "training", None), token.id, JobRequest(raw_spec=spec))
         job.state = "running"
         session.add(job)
     job_id, token_id = job.id, token.id

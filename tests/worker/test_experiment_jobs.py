@@ -22,7 +22,7 @@ class RecordingQueue:
     def __init__(self) -> None:
         self.sent: list[str] = []
 
-    def send_task(self, name: str, args: list[str], retry: bool) -> None:
+    def send_task(self, name: str, args: list[str], queue: str, retry: bool) -> None:
         self.sent.append(args[0])
 
 

@@ -17,7 +17,8 @@ from tsla_core import checkpoint as checkpoint_module
 from tsla_service import jobs, results
 from tsla_service.db import session_scope
 from tsla_service.models import Checkpoint, Job, LogLine, Metric
-from tsla_service.storage import Storage
+from tsla_service.settings import Settings
+from tsla_service.storage import Storage, storage_for
 from tsla_spec.hashing import sha256_file
 from tsla_spec.records import CheckpointRecord
 from worker.runner import describe, run_job
@@ -105,21 +106,92 @@ def test_full_checkpoint_storage_requeues_the_job_then_fails_it_with_the_reason(
     assert sorted(p.name for p in folder.iterdir()) == ["epoch-0000.json", "epoch-0000.pt"]
 
 
-def test_a_failing_remote_upload_is_retried_then_reported(
+def remote_settings(tmp_path: Path, retry_seconds: float) -> Settings:
+    settings = make_settings(tmp_path, storage_url=f"memory://tsla-test-{tmp_path.name}")
+    settings.storage_retry_seconds = retry_seconds
+    return settings
+
+
+def stored_names(settings: Settings, job_id: str) -> list[str]:
+    return [Path(key).name for key in storage_for(settings).list(f"{job_id}/checkpoints")]
+
+
+def test_unreachable_storage_is_waited_out_then_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def unreachable(self: Storage, local: Path, key: str) -> None:
         raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
 
     monkeypatch.setattr(Storage, "put_file", unreachable)
-    settings = make_settings(tmp_path, storage_url=f"memory://tsla-test-{tmp_path.name}")
+    settings = remote_settings(tmp_path, retry_seconds=1.5)
     job_id = add_job(settings, max_attempts=1)
     assert run_job(job_id, settings) == "failed"
+    reason = "storage unreachable (ConnectionResetError: [Errno 104] Connection reset by peer) uploading"
     with session_scope(settings.resolved_database_url) as session:
         job = session.get(Job, job_id)
-        assert job is not None and job.error == (
-            "checkpoint storage failed: [Errno 104] Connection reset by peer uploading epoch-0000.pt"
-        )
+        assert job is not None and job.error == f"{reason} epoch-0000.pt; gave up after 1.5 s"
+        assert session.scalars(select(Checkpoint)).all() == []  # nothing claimed that is not stored
+    logs = logs_of(settings.resolved_database_url, job_id)
+    assert [m for m in logs if m.startswith(reason)] == [
+        f"{reason} epoch-0000.pt; retrying in 1.0 s",
+        f"{reason} epoch-0000.pt; retrying in 0.5 s",
+    ]
+
+
+def test_an_outage_shorter_than_the_bound_delays_uploads_and_loses_no_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_file = Storage.put_file
+    refusals = iter(range(2))  # the first two uploads are refused, then storage is back
+
+    def flaky(self: Storage, local: Path, key: str) -> None:
+        if next(refusals, None) is not None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
+        put_file(self, local, key)
+
+    monkeypatch.setattr(Storage, "put_file", flaky)
+    settings = remote_settings(tmp_path, retry_seconds=30)
+    job_id = add_job(settings, max_attempts=1)
+    assert run_job(job_id, settings) == "succeeded"
+    with session_scope(settings.resolved_database_url) as session:
+        rows = session.scalars(select(Checkpoint).where(Checkpoint.deleted.is_(False))).all()
+        assert [r.name for r in rows] == ["epoch-0000", "epoch-0001", "epoch-0002"]
+    expected = [f"epoch-000{epoch}.{ext}" for epoch in range(3) for ext in ("json", "pt")]
+    assert stored_names(settings, job_id) == expected
+    retries = [m for m in logs_of(settings.resolved_database_url, job_id) if "retrying in" in m]
+    assert len(retries) == 2 and "ConnectionRefusedError" in retries[0], retries
+
+
+def test_a_checkpoint_left_in_scratch_is_uploaded_by_the_next_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage down past the bound at epoch 1's upload: the attempt is released with epoch-0001 in
+    scratch only; the next attempt on this worker uploads and records it, then resumes from it."""
+    put_file = Storage.put_file
+
+    def down_at_epoch_1(self: Storage, local: Path, key: str) -> None:
+        if local.name == "epoch-0001.pt":
+            raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
+        put_file(self, local, key)
+
+    monkeypatch.setattr(Storage, "put_file", down_at_epoch_1)
+    settings = remote_settings(tmp_path, retry_seconds=0)
+    job_id = add_job(settings, max_attempts=2)
+    url = settings.resolved_database_url
+    assert run_job(job_id, settings) == "queued"
+    assert stored_names(settings, job_id) == ["epoch-0000.json", "epoch-0000.pt"]
+
+    monkeypatch.setattr(Storage, "put_file", put_file)
+    assert run_job(job_id, settings) == "succeeded"
+    logs = logs_of(url, job_id)
+    assert "uploading checkpoint epoch-0001, which an earlier attempt could not" in logs, logs
+    assert any("resumed from epoch-0001" in m for m in logs), logs
+    with session_scope(url) as session:
+        rows = session.scalars(select(Checkpoint).where(Checkpoint.deleted.is_(False))).all()
+        assert [r.name for r in rows] == ["epoch-0000", "epoch-0001", "epoch-0002"]
+        folder = settings.resolved_work_dir / job_id / "checkpoints"
+        assert all(sha256_file(folder / f"{r.name}.pt") == r.sha256 for r in rows)
+    assert len(stored_names(settings, job_id)) == 6
 
 
 def test_a_corrupt_checkpoint_is_marked_and_the_job_resumes_before_it(tmp_path: Path) -> None:
