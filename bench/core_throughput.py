@@ -632,6 +632,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--grad-variance", action="store_true", help="keep the core's variance probe on")
     parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="only core and naive")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where to write the JSON")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="N > 1: the core on 1 vs N processes instead (bench/_processes.py)",
+    )
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--child-config", help=argparse.SUPPRESS)
     parser.add_argument("--child-result", type=Path, help=argparse.SUPPRESS)
@@ -642,7 +648,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--limit-train works with fashion-mnist only (pass --limit-train 0)")
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
+    if args.processes < 1:
+        parser.error("--processes must be >= 1")
     return args
+
+
+def run_processes(config: Config, processes: int) -> dict[str, Any]:
+    """--processes N: the core's images/s on 1 vs N processes and the collectives' share of a step."""
+    from _processes import compare  # bench/_processes.py, beside this script
+
+    with tempfile.TemporaryDirectory(prefix="tsla-bench-") as scratch_name:
+        data_root = Path(scratch_name) / "data"
+        data_root.mkdir()
+        if config.limit_train is not None:
+            write_subset_root(data_root, config.limit_train)
+        spec = make_spec(config, CORE)
+        return {"config": {**asdict(config), "data_root": None}, **compare(spec, processes, data_root)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -662,7 +683,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         grad_variance=args.grad_variance,
         ablation=args.ablation,
     )
-    report = run_all(config)
+    report = run_all(config) if args.processes == 1 else run_processes(config, args.processes)
+    if args.processes > 1 and args.output == RESULTS_PATH:
+        args.output = RESULTS_PATH.with_name("core_processes.json")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2)
     args.output.write_text(text + "\n")

@@ -32,6 +32,7 @@ GPU per rank):
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import pickle
 import signal
@@ -139,9 +140,19 @@ class RankJob:
     world: int
 
 
+def check_devices(spec_device: str, world: int) -> None:
+    """RuntimeError when the ranks would need more GPUs than this machine has (one each)."""
+    if rank_device(spec_device, 0).type == "cuda" and torch.cuda.device_count() < world:
+        raise RuntimeError(
+            f"resources.processes {world} needs {world} GPUs (one per process); "
+            f"this machine has {torch.cuda.device_count()}"
+        )
+
+
 def launch(job: RankJob, hooks: Any) -> Any:
     """Run the ranks of `job` to their end; rank 0's TrainResult. `hooks` (tsla_core.loop.Hooks)
     are called here, in the caller's thread, as rank 0 reports."""
+    check_devices(json.loads(job.spec_json)["device"], job.world)
     store = dist.TCPStore(HOST, 0, job.world + 1, is_master=True, wait_for_workers=False)
     job = RankJob(**{**job.__dict__, "port": store.port})
     parent_end, child_end = socket.socketpair()
@@ -187,8 +198,12 @@ def supervise(
         if hooks.should_stop is not None and hooks.should_stop():
             store.set(STOP_KEY, "1")
         if result is not None and result[0] == "error":
-            # Rank 0's error may be the echo of another rank's death (a collective's peer reset).
-            raise lost_rank(ranks, wait_s=LOST_RANK_WAIT_S) or result[1]
+            error = result[1]
+            # A collective that failed in rank 0 is the echo of another rank's death: name that one.
+            # Rank 0's own error comes first, though the other ranks then fail on its absence.
+            if is_collective_failure(error):
+                raise lost_rank(ranks, wait_s=LOST_RANK_WAIT_S) or error
+            raise error
         codes = [rank.poll() for rank in ranks]
         if (lost := lost_rank(ranks, wait_s=0)) is not None:
             raise lost
@@ -212,6 +227,12 @@ def lost_rank(ranks: list[subprocess.Popen[bytes]], wait_s: float) -> RankLostEr
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.05)
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """A torch.distributed error, or gloo's and NCCL's RuntimeErrors, which name their library."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or "gloo" in text or "nccl" in text
 
 
 def no_result(ranks: list[subprocess.Popen[bytes]]) -> RankLostError:
