@@ -32,6 +32,7 @@ GPU per rank):
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import pickle
@@ -154,7 +155,7 @@ def launch(job: RankJob, hooks: Any) -> Any:
     are called here, in the caller's thread, as rank 0 reports."""
     check_devices(json.loads(job.spec_json)["device"], job.world)
     store = dist.TCPStore(HOST, 0, job.world + 1, is_master=True, wait_for_workers=False)
-    job = RankJob(**{**job.__dict__, "port": store.port})
+    job = dataclasses.replace(job, port=store.port)
     parent_end, child_end = socket.socketpair()
     ranks: list[subprocess.Popen[bytes]] = []
     try:

@@ -535,6 +535,10 @@ class FaultStack:
         return pg_execute(self.psycopg_url, query, params)
 
 
+# The `make_stack` fixture (conftest.py): builds private FaultStacks, torn down after the test.
+StackFactory = Callable[..., FaultStack]
+
+
 @contextmanager
 def embedded_stack(root: Path, **env: str) -> Iterator[Service]:
     """`python -m tsla_cli serve` under `root` (its own session: API + a real worker on SQLite and

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from tsla_cli import stack
 from tsla_cli.stack import free_port, service_env, stop_process, wait_for, wait_healthy
 
-from ._support import MAIN_SPEC, Service, pick_redis_db, start_process
+from ._support import MAIN_SPEC, FaultStack, Service, StackFactory, pick_redis_db, start_process
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -102,3 +103,15 @@ def succeeded_job(pg_stack: Service, main_job: dict[str, Any]) -> dict[str, Any]
     job = pg_stack.wait_job(main_job["id"], timeout=300)
     assert job["state"] == "succeeded", job
     return job
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Iterator[StackFactory]:
+    """Builds private FaultStacks under tmp_path; all of them are torn down after the test."""
+    with ExitStack() as stacks:
+        count = iter(range(100))
+
+        def make(**kwargs: Any) -> FaultStack:
+            return stacks.enter_context(FaultStack(tmp_path / f"stack-{next(count)}", **kwargs))
+
+        yield make

@@ -17,9 +17,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from ._support import (
     FINISHED,
     FaultStack,
     Service,
+    StackFactory,
     Worker,
     check_metric_rows,
     embedded_stack,
@@ -69,20 +68,6 @@ FIRST_LEASE = 6.0
 # The replacement worker's lease (its reaper looks every lease/2 seconds).
 NEW_LEASE = 4.0
 JOB_TIMEOUT = 150.0
-
-StackFactory = Callable[..., FaultStack]
-
-
-@pytest.fixture
-def make_stack(tmp_path: Path) -> Iterator[StackFactory]:
-    """Builds private stacks under tmp_path; all of them are torn down after the test."""
-    with ExitStack() as stacks:
-        count = iter(range(100))
-
-        def make(**kwargs: Any) -> FaultStack:
-            return stacks.enter_context(FaultStack(tmp_path / f"stack-{next(count)}", **kwargs))
-
-        yield make
 
 
 def spec(**overrides: Any) -> dict[str, Any]:

@@ -13,17 +13,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ._support import (
     FINISHED,
-    FaultStack,
     Service,
+    StackFactory,
     check_metric_rows,
     job_logs,
     job_metrics,
@@ -52,13 +49,6 @@ JOB_TIMEOUT = 240.0
 FIRST_LEASE, NEW_LEASE = 6.0, 4.0
 
 
-@pytest.fixture
-def make_stack(tmp_path: Path) -> Iterator[Any]:
-    with ExitStack() as stacks:
-        count = iter(range(100))
-        yield lambda **kwargs: stacks.enter_context(FaultStack(tmp_path / f"stack-{next(count)}", **kwargs))
-
-
 def ranks() -> list[tuple[int, int]]:
     """(pid, parent pid) of every rank process of a multi-process run on this machine."""
     return [(pid, parent) for pid, parent, cmd in process_table() if "-m tsla_core.distributed" in cmd]
@@ -76,7 +66,7 @@ def finished(service: Service, job_id: str) -> dict[str, Any]:
     return service.wait_job(job_id, JOB_TIMEOUT)
 
 
-def test_two_two_process_jobs_at_once_and_the_one_process_job(make_stack: Any) -> None:
+def test_two_two_process_jobs_at_once_and_the_one_process_job(make_stack: StackFactory) -> None:
     """Two 2-process jobs of one spec on one machine at once (each rendezvous on its own
     kernel-picked port): both succeed with the same metrics, and those are the 1-process job's
     within TOP1_TOLERANCE."""
@@ -103,7 +93,7 @@ def test_two_two_process_jobs_at_once_and_the_one_process_job(make_stack: Any) -
     no_ranks_left()
 
 
-def test_kill_9_of_the_worker_ends_its_ranks_and_the_job_resumes_exactly(make_stack: Any) -> None:
+def test_kill_9_of_the_worker_ends_its_ranks_and_the_job_resumes_exactly(make_stack: StackFactory) -> None:
     stack = make_stack()
     worker = stack.start_worker("first", lease_seconds=FIRST_LEASE)
     service = stack.service
@@ -125,7 +115,7 @@ def test_kill_9_of_the_worker_ends_its_ranks_and_the_job_resumes_exactly(make_st
     no_ranks_left()
 
 
-def test_cancel_of_a_two_process_job_leaves_no_process(make_stack: Any) -> None:
+def test_cancel_of_a_two_process_job_leaves_no_process(make_stack: StackFactory) -> None:
     stack = make_stack(lease_seconds=60.0)
     stack.start_worker("worker")
     service = stack.service
@@ -142,7 +132,7 @@ def test_cancel_of_a_two_process_job_leaves_no_process(make_stack: Any) -> None:
     assert took < 5.0, took
 
 
-def test_a_killed_rank_ends_the_attempt_with_the_reason_and_the_job_retries(make_stack: Any) -> None:
+def test_a_killed_rank_ends_the_attempt_with_the_reason_and_the_job_retries(make_stack: StackFactory) -> None:
     stack = make_stack()
     stack.start_worker("worker")
     service = stack.service
